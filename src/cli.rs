@@ -1,0 +1,87 @@
+//! The command line (SPEC §1). Every flag also reads `SOAPCACHE_<FLAG>`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::units::{parse_duration, parse_size};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "soapcache",
+    version,
+    about = "A caching SOAP intermediary: answers repeat SOAP requests from memory",
+    long_about = "soapcache is a reverse proxy for SOAP services. Responses the service marks \
+with a CacheControl header block (or that a policy file declares cacheable) are kept in \
+memory and later requests that select the same key are answered without contacting the service."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the caching proxy.
+    Serve(ServeArgs),
+    /// Validate policy files; prints every problem as file:line: message, exits 1 on any.
+    Check {
+        /// A policy file or a directory of *.toml policy files.
+        #[arg(long, env = "SOAPCACHE_POLICIES")]
+        policies: PathBuf,
+    },
+    /// Start a built-in example service and soapcache in front of it, and show a MISS then a HIT.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Address the proxy listens on.
+    #[arg(long, env = "SOAPCACHE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Upstream for requests that no policy routes (e.g. http://127.0.0.1:9000).
+    #[arg(long, env = "SOAPCACHE_UPSTREAM")]
+    pub upstream: Option<hyper::Uri>,
+    /// A policy file or a directory of *.toml policy files.
+    #[arg(long, env = "SOAPCACHE_POLICIES")]
+    pub policies: Option<PathBuf>,
+    /// Address of the admin API (health, metrics, purge, reload).
+    #[arg(long, env = "SOAPCACHE_ADMIN", default_value = "127.0.0.1:9090")]
+    pub admin: SocketAddr,
+    /// Bearer token required on admin paths other than /healthz.
+    #[arg(long, env = "SOAPCACHE_ADMIN_TOKEN")]
+    pub admin_token: Option<String>,
+    /// Memory bound of the cache in bytes (e.g. 512MiB).
+    #[arg(long, env = "SOAPCACHE_CACHE_SIZE", default_value = "256MiB", value_parser = parse_size)]
+    pub cache_size: u64,
+    /// Largest request body accepted; larger ones get 413.
+    #[arg(long, env = "SOAPCACHE_MAX_BODY", default_value = "16MiB", value_parser = parse_size)]
+    pub max_body: u64,
+    /// Time allowed for the upstream to answer (headers and body).
+    #[arg(long, env = "SOAPCACHE_UPSTREAM_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub upstream_timeout: Duration,
+    /// Log line format.
+    #[arg(long, env = "SOAPCACHE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// Address the demo proxy listens on (a free port is used when it is taken).
+    #[arg(long, env = "SOAPCACHE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Address of the demo's admin API (a free port is used when it is taken).
+    #[arg(long, env = "SOAPCACHE_ADMIN", default_value = "127.0.0.1:9090")]
+    pub admin: SocketAddr,
+    /// Exit after the scripted requests instead of serving until Ctrl-C.
+    #[arg(long, hide = true, env = "SOAPCACHE_DEMO_ONCE")]
+    pub once: bool,
+}

@@ -1,0 +1,547 @@
+//! SOAP request envelopes: one streaming pass (quick-xml) that checks the
+//! message is a well-formed SOAP envelope and finds the operation element.
+//!
+//! This runs on every POST, hits included, so it never builds a tree: it
+//! records byte ranges and the namespace scope at the operation element, and
+//! the key selectors (`selector`, `canonical`) read the operation element
+//! again from those bytes alone.
+
+use std::ops::Range;
+
+use quick_xml::events::{BytesStart, Event};
+use quick_xml::name::{LocalName, NamespaceResolver, QName, ResolveResult};
+use quick_xml::Reader;
+
+pub const SOAP11_NS: &str = "http://schemas.xmlsoap.org/soap/envelope/";
+pub const SOAP12_NS: &str = "http://www.w3.org/2003/05/soap-envelope";
+pub const SOAP12_DRAFT_NS: &str = "http://www.w3.org/2001/12/soap-envelope";
+
+/// Deeper nesting than this is refused: real SOAP messages are shallow, and
+/// the bound keeps every later pass (selectors, digest) linear and small.
+pub const MAX_DEPTH: usize = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SoapVersion {
+    V11,
+    V12,
+    /// The 2001/12 working-draft namespace used in early SOAP 1.2 examples;
+    /// it is answered like SOAP 1.2.
+    Draft2001,
+}
+
+impl SoapVersion {
+    pub fn from_namespace(ns: &[u8]) -> Option<SoapVersion> {
+        match ns {
+            n if n == SOAP11_NS.as_bytes() => Some(SoapVersion::V11),
+            n if n == SOAP12_NS.as_bytes() => Some(SoapVersion::V12),
+            n if n == SOAP12_DRAFT_NS.as_bytes() => Some(SoapVersion::Draft2001),
+            _ => None,
+        }
+    }
+
+    pub fn namespace(self) -> &'static str {
+        match self {
+            SoapVersion::V11 => SOAP11_NS,
+            SoapVersion::V12 => SOAP12_NS,
+            SoapVersion::Draft2001 => SOAP12_DRAFT_NS,
+        }
+    }
+
+    pub fn is_11(self) -> bool {
+        self == SoapVersion::V11
+    }
+}
+
+/// Why a request body is not an acceptable SOAP envelope. `version` is the
+/// envelope's version when it got far enough to tell, so that the fault can
+/// be answered in the requester's own SOAP version.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct EnvelopeError {
+    pub version: Option<SoapVersion>,
+    pub reason: String,
+}
+
+impl EnvelopeError {
+    fn new(version: Option<SoapVersion>, reason: impl Into<String>) -> Self {
+        EnvelopeError {
+            version,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// An expanded XML name `{namespace}local`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ExpandedName {
+    pub namespace: String,
+    pub local: String,
+}
+
+impl std::fmt::Display for ExpandedName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.namespace.is_empty() {
+            f.write_str(&self.local)
+        } else {
+            write!(f, "{{{}}}{}", self.namespace, self.local)
+        }
+    }
+}
+
+/// The first element child of `Body`: its name, its exact bytes and the
+/// namespace bindings in scope at its start tag (declared on `Envelope`,
+/// `Body` or itself), so that it can be read on its own.
+#[derive(Debug, Clone)]
+pub struct OperationElement<'a> {
+    pub name: ExpandedName,
+    pub xml: &'a [u8],
+    /// Where `xml` stands in `document`.
+    pub range: Range<usize>,
+    /// The whole request body, for evaluators that need a full tree.
+    pub document: &'a [u8],
+    scope: NamespaceResolver,
+}
+
+impl<'a> OperationElement<'a> {
+    /// A namespace-resolving reader over this element alone.
+    pub fn reader(&self) -> FragmentReader<'a> {
+        let mut reader = Reader::from_reader(self.xml);
+        reader.config_mut().check_end_names = true;
+        FragmentReader {
+            reader,
+            scope: self.scope.clone(),
+            pending_pop: false,
+        }
+    }
+}
+
+/// What soapcache needs to know about a request envelope.
+#[derive(Debug, Clone)]
+pub struct RequestEnvelope<'a> {
+    pub version: SoapVersion,
+    /// `None` for an empty `Body`.
+    pub operation: Option<OperationElement<'a>>,
+    /// A WS-Security `Security` header block is present: the request carries
+    /// credentials, so its answer is private unless the policy says otherwise.
+    pub has_security_header: bool,
+}
+
+/// Checks `body` is a well-formed SOAP envelope without a DTD and finds its
+/// operation. One pass over the whole body, no tree.
+pub fn parse_request(body: &[u8]) -> Result<RequestEnvelope<'_>, EnvelopeError> {
+    let mut reader = quick_xml::NsReader::from_reader(body);
+    reader.config_mut().check_end_names = true;
+
+    let mut version: Option<SoapVersion> = None;
+    // Element stack depth; 1 = Envelope, 2 = Header/Body, 3 = their children.
+    let mut depth = 0usize;
+    let mut in_header = false;
+    let mut in_body = false;
+    let mut seen_body = false;
+    let mut has_security_header = false;
+    let mut operation: Option<OperationElement<'_>> = None;
+    let mut operation_start: Option<(usize, ExpandedName, NamespaceResolver)> = None;
+    let mut root_done = false;
+
+    loop {
+        let before = reader.buffer_position() as usize;
+        let (resolved, event) = reader
+            .read_resolved_event()
+            .map_err(|e| EnvelopeError::new(version, format!("malformed XML: {e}")))?;
+        let is_empty = matches!(event, Event::Empty(_));
+        match event {
+            Event::DocType(_) => {
+                return Err(EnvelopeError::new(
+                    version,
+                    "a DTD is not allowed in a SOAP message",
+                ))
+            }
+            Event::Start(ref start) | Event::Empty(ref start) => {
+                if root_done {
+                    return Err(EnvelopeError::new(
+                        version,
+                        "malformed XML: content after the root element",
+                    ));
+                }
+                check_attributes(start, version)?;
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Err(EnvelopeError::new(
+                        version,
+                        format!("XML nesting deeper than {MAX_DEPTH} elements"),
+                    ));
+                }
+                let ns = namespace_of(&resolved, version)?;
+                let local = start.local_name();
+                match depth {
+                    1 => {
+                        version = match (local.as_ref(), ns.and_then(SoapVersion::from_namespace)) {
+                            (b"Envelope", Some(v)) => Some(v),
+                            (b"Envelope", None) => {
+                                return Err(EnvelopeError::new(
+                                    None,
+                                    "Envelope is not in a known SOAP envelope namespace",
+                                ))
+                            }
+                            _ => {
+                                return Err(EnvelopeError::new(
+                                    None,
+                                    "the root element is not a SOAP Envelope",
+                                ))
+                            }
+                        };
+                    }
+                    2 => {
+                        let env_ns = version.map(|v| v.namespace().as_bytes());
+                        let is_env = ns == env_ns;
+                        match local.as_ref() {
+                            b"Header" if is_env && !seen_body => in_header = true,
+                            b"Body" if is_env && !seen_body => {
+                                in_body = true;
+                                seen_body = true;
+                            }
+                            _ => {
+                                return Err(EnvelopeError::new(
+                                    version,
+                                    "Envelope may contain only Header and Body",
+                                ))
+                            }
+                        }
+                    }
+                    3 if in_header => {
+                        if local.as_ref() == b"Security" {
+                            has_security_header = true;
+                        }
+                    }
+                    3 if in_body && operation.is_none() && operation_start.is_none() => {
+                        let name = ExpandedName {
+                            namespace: String::from_utf8_lossy(ns.unwrap_or_default()).into_owned(),
+                            local: String::from_utf8_lossy(local.as_ref()).into_owned(),
+                        };
+                        let end = reader.buffer_position() as usize;
+                        let scope = reader.resolver().clone();
+                        if is_empty {
+                            operation = Some(OperationElement {
+                                name,
+                                xml: &body[before..end],
+                                range: before..end,
+                                document: body,
+                                scope,
+                            });
+                        } else {
+                            operation_start = Some((before, name, scope));
+                        }
+                    }
+                    _ => {}
+                }
+                if is_empty {
+                    depth -= 1;
+                    if depth == 0 {
+                        root_done = true;
+                    }
+                }
+            }
+            Event::End(_) => {
+                if depth == 3 && in_body {
+                    if let Some((start, name, scope)) = operation_start.take() {
+                        let end = reader.buffer_position() as usize;
+                        operation = Some(OperationElement {
+                            name,
+                            xml: &body[start..end],
+                            range: start..end,
+                            document: body,
+                            scope,
+                        });
+                    }
+                }
+                if depth == 2 {
+                    in_header = false;
+                    in_body = false;
+                }
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    root_done = true;
+                }
+            }
+            Event::Text(ref text) => {
+                if (depth == 0 || depth == 1 || depth == 2 && in_body)
+                    && !text.iter().all(u8::is_ascii_whitespace)
+                {
+                    let at = if depth == 0 {
+                        "outside"
+                    } else {
+                        "directly inside"
+                    };
+                    let what = match depth {
+                        0 => "the root element",
+                        1 => "Envelope",
+                        _ => "Body",
+                    };
+                    return Err(EnvelopeError::new(
+                        version,
+                        format!("text {at} {what} is not allowed"),
+                    ));
+                }
+            }
+            Event::CData(_) if depth <= 1 => {
+                return Err(EnvelopeError::new(version, "CDATA outside Body content"))
+            }
+            Event::GeneralRef(_) if depth <= 1 || depth == 2 && in_body => {
+                return Err(EnvelopeError::new(
+                    version,
+                    "malformed XML: text outside elements",
+                ))
+            }
+            Event::GeneralRef(_) => {
+                // Only character references and the five predefined
+                // entities exist without a DTD.
+                append_character_data(&event, &mut String::new())
+                    .map_err(|e| EnvelopeError::new(version, format!("malformed XML: {e}")))?;
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+
+    let Some(version) = version else {
+        return Err(EnvelopeError::new(None, "empty body: no SOAP Envelope"));
+    };
+    if !root_done {
+        return Err(EnvelopeError::new(
+            Some(version),
+            "malformed XML: the document ends before Envelope is closed",
+        ));
+    }
+    if !seen_body {
+        return Err(EnvelopeError::new(Some(version), "Envelope has no Body"));
+    }
+    Ok(RequestEnvelope {
+        version,
+        operation,
+        has_security_header,
+    })
+}
+
+/// A prefix with no declaration makes the document not namespace-well-formed.
+fn namespace_of<'r>(
+    resolved: &'r ResolveResult<'_>,
+    version: Option<SoapVersion>,
+) -> Result<Option<&'r [u8]>, EnvelopeError> {
+    match resolved {
+        ResolveResult::Bound(ns) => Ok(Some(ns.as_ref())),
+        ResolveResult::Unbound => Ok(None),
+        ResolveResult::Unknown(prefix) => Err(EnvelopeError::new(
+            version,
+            format!(
+                "malformed XML: undeclared namespace prefix '{}'",
+                String::from_utf8_lossy(prefix)
+            ),
+        )),
+    }
+}
+
+/// Attribute syntax and uniqueness are part of well-formedness; quick-xml
+/// checks them only when the attributes are iterated.
+fn check_attributes(
+    start: &BytesStart<'_>,
+    version: Option<SoapVersion>,
+) -> Result<(), EnvelopeError> {
+    for attribute in start.attributes() {
+        if let Err(e) = attribute {
+            return Err(EnvelopeError::new(version, format!("malformed XML: {e}")));
+        }
+    }
+    Ok(())
+}
+
+/// A namespace-resolving event reader over one element's bytes, seeded with
+/// the bindings in scope where the element stands in its document.
+pub struct FragmentReader<'a> {
+    reader: Reader<&'a [u8]>,
+    scope: NamespaceResolver,
+    pending_pop: bool,
+}
+
+impl<'a> FragmentReader<'a> {
+    pub fn next_event(&mut self) -> Result<Event<'a>, quick_xml::Error> {
+        if self.pending_pop {
+            self.scope.pop();
+            self.pending_pop = false;
+        }
+        let event = self.reader.read_event()?;
+        match &event {
+            Event::Start(start) => {
+                let _ = self.scope.push(start);
+            }
+            Event::Empty(start) => {
+                let _ = self.scope.push(start);
+                self.pending_pop = true;
+            }
+            Event::End(_) => self.pending_pop = true,
+            _ => {}
+        }
+        Ok(event)
+    }
+
+    pub fn resolve_element<'n>(&self, name: QName<'n>) -> (ResolveResult<'_>, LocalName<'n>) {
+        self.scope.resolve_element(name)
+    }
+
+    pub fn resolve_attribute<'n>(&self, name: QName<'n>) -> (ResolveResult<'_>, LocalName<'n>) {
+        self.scope.resolve_attribute(name)
+    }
+
+    pub fn decoder(&self) -> quick_xml::encoding::Decoder {
+        self.reader.decoder()
+    }
+}
+
+/// Appends the character data an event contributes to a text node (text,
+/// CDATA, entity and character references), unescaped. Returns false for
+/// events that are not character data.
+pub fn append_character_data(
+    event: &Event<'_>,
+    out: &mut String,
+) -> Result<bool, quick_xml::Error> {
+    match event {
+        Event::Text(text) => out.push_str(&text.xml_content()?),
+        Event::CData(cdata) => out.push_str(&cdata.xml_content()?),
+        Event::GeneralRef(reference) => {
+            if let Some(ch) = reference.resolve_char_ref()? {
+                // XML 1.0 Char: no NUL and no C0 controls but tab, LF, CR.
+                if ch < ' ' && !matches!(ch, '\t' | '\n' | '\r') {
+                    return Err(quick_xml::Error::Escape(
+                        quick_xml::escape::EscapeError::InvalidCharRef(
+                            quick_xml::escape::ParseCharRefError::IllegalCharacter(u32::from(ch)),
+                        ),
+                    ));
+                }
+                out.push(ch);
+            } else {
+                let name = reference.xml_content()?;
+                match quick_xml::escape::resolve_predefined_entity(&name) {
+                    Some(value) => out.push_str(value),
+                    None => {
+                        return Err(quick_xml::Error::Escape(
+                            quick_xml::escape::EscapeError::UnrecognizedEntity(
+                                0..0,
+                                name.into_owned(),
+                            ),
+                        ))
+                    }
+                }
+            }
+        }
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SOAP11: &str = r#"<?xml version="1.0"?>
+<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/" xmlns:c="urn:catalog">
+  <soap:Header><wsse:Security xmlns:wsse="urn:wsse"/></soap:Header>
+  <soap:Body>
+    <c:CatalogPriceRequest><c:PartNumber>ABC-1234</c:PartNumber></c:CatalogPriceRequest>
+  </soap:Body>
+</soap:Envelope>"#;
+
+    #[test]
+    fn finds_version_operation_and_its_exact_bytes() {
+        let env = parse_request(SOAP11.as_bytes()).expect("valid");
+        assert_eq!(env.version, SoapVersion::V11);
+        assert!(env.has_security_header);
+        let op = env.operation.expect("operation");
+        assert_eq!(op.name.namespace, "urn:catalog");
+        assert_eq!(op.name.local, "CatalogPriceRequest");
+        assert_eq!(
+            std::str::from_utf8(op.xml).unwrap(),
+            "<c:CatalogPriceRequest><c:PartNumber>ABC-1234</c:PartNumber></c:CatalogPriceRequest>"
+        );
+        assert_eq!(&SOAP11.as_bytes()[op.range.clone()], op.xml);
+    }
+
+    #[test]
+    fn the_fragment_reader_resolves_inherited_prefixes() {
+        let env = parse_request(SOAP11.as_bytes()).unwrap();
+        let op = env.operation.unwrap();
+        let mut reader = op.reader();
+        let mut names = Vec::new();
+        loop {
+            match reader.next_event().unwrap() {
+                Event::Start(s) => {
+                    let (ns, local) = reader.resolve_element(s.name());
+                    let ns = match ns {
+                        ResolveResult::Bound(n) => String::from_utf8(n.0.to_vec()).unwrap(),
+                        other => format!("{other:?}"),
+                    };
+                    names.push(format!("{ns} {}", String::from_utf8_lossy(local.as_ref())));
+                }
+                Event::Eof => break,
+                _ => {}
+            }
+        }
+        assert_eq!(
+            names,
+            ["urn:catalog CatalogPriceRequest", "urn:catalog PartNumber"]
+        );
+    }
+
+    #[test]
+    fn soap12_and_the_2001_draft_are_recognised() {
+        for (ns, v) in [
+            (SOAP12_NS, SoapVersion::V12),
+            (SOAP12_DRAFT_NS, SoapVersion::Draft2001),
+        ] {
+            let xml = format!(
+                r#"<e:Envelope xmlns:e="{ns}"><e:Body><Op xmlns="urn:x"/></e:Body></e:Envelope>"#
+            );
+            let env = parse_request(xml.as_bytes()).unwrap();
+            assert_eq!(env.version, v);
+            assert_eq!(env.operation.unwrap().xml, b"<Op xmlns=\"urn:x\"/>");
+        }
+    }
+
+    #[test]
+    fn rejects_dtds_malformed_xml_and_non_soap() {
+        let dtd = r#"<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">]><soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body/></soap:Envelope>"#;
+        assert!(parse_request(dtd.as_bytes())
+            .unwrap_err()
+            .reason
+            .contains("DTD"));
+
+        let unclosed = r#"<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body><a></soap:Body></soap:Envelope>"#;
+        let err = parse_request(unclosed.as_bytes()).unwrap_err();
+        assert_eq!(err.version, Some(SoapVersion::V11));
+
+        let truncated = r#"<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body><a/>"#;
+        assert!(parse_request(truncated.as_bytes()).is_err());
+
+        assert_eq!(parse_request(b"<a/>").unwrap_err().version, None);
+        assert!(parse_request(b"").is_err());
+        assert!(parse_request(b"not xml at all").is_err());
+        let no_body = r#"<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"/>"#;
+        assert!(parse_request(no_body.as_bytes()).is_err());
+        let dup_attr = r#"<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body><a x="1" x="2"/></soap:Body></soap:Envelope>"#;
+        assert!(parse_request(dup_attr.as_bytes()).is_err());
+        let undeclared = r#"<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body><q:a/></soap:Body></soap:Envelope>"#;
+        assert!(parse_request(undeclared.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn deep_nesting_is_refused() {
+        let mut xml = String::from(
+            r#"<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body>"#,
+        );
+        xml.push_str(&"<a>".repeat(MAX_DEPTH + 1));
+        xml.push_str(&"</a>".repeat(MAX_DEPTH + 1));
+        xml.push_str("</soap:Body></soap:Envelope>");
+        assert!(parse_request(xml.as_bytes())
+            .unwrap_err()
+            .reason
+            .contains("nesting"));
+    }
+}

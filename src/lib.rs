@@ -1,0 +1,28 @@
+//! soapcache: a caching SOAP intermediary.
+//!
+//! Data flows one way through the modules:
+//! `listener` → `proxy` (routing via `policy`, `envelope`, key selection via
+//! `selector`/`canonical`, lookup in `store`, misses through `coalesce` and
+//! `upstream`, answers read by `control` and `lifetime`) → answer. `fault`
+//! turns errors into SOAP faults; `admin` and `metrics` observe and steer;
+//! `server` starts and stops it all; `demo` shows it.
+
+pub mod admin;
+pub mod canonical;
+pub mod cli;
+pub mod coalesce;
+pub mod control;
+pub mod demo;
+pub mod envelope;
+pub mod fault;
+pub mod lifetime;
+pub mod listener;
+pub mod metrics;
+pub mod policy;
+pub mod proxy;
+pub mod selector;
+pub mod server;
+pub mod shutdown;
+pub mod store;
+pub mod units;
+pub mod upstream;

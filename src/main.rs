@@ -1,0 +1,74 @@
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use soapcache::cli::{Cli, Command, LogFormat};
+use soapcache::policy::PolicySet;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { policies } => check(&policies),
+        Command::Serve(args) => {
+            init_logging(args.log_format);
+            run(soapcache::server::serve(args))
+        }
+        Command::Demo(args) => {
+            init_logging(LogFormat::Text);
+            run(soapcache::demo::run(args))
+        }
+    }
+}
+
+fn run(job: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("soapcache: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(job) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("soapcache: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match PolicySet::load(path) {
+        Ok(set) => {
+            for line in set.summary() {
+                println!("{line}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            eprintln!("{} problem(s) found", errors.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `RUST_LOG` filters (default `info`); access lines use target `soapcache::access`.
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}

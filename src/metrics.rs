@@ -1,0 +1,333 @@
+//! Prometheus metrics (SPEC §8) and the counters behind `/stats`.
+//!
+//! Label cardinality is bounded: the `operation` label is the local name of
+//! an operation the policy declares, or of the first `MAX_OPERATION_LABELS`
+//! others seen; anything past that is folded into `other`, so a requester
+//! cannot grow the metric set without limit.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::store::Store;
+
+const MAX_OPERATION_LABELS: usize = 200;
+
+/// How a request was answered: the `result` label and the `X-Cache` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Hit,
+    Miss,
+    Bypass,
+    Stale,
+    /// Answered by soapcache itself with an error (bad request, upstream down).
+    Error,
+}
+
+impl Outcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Hit => "hit",
+            Outcome::Miss => "miss",
+            Outcome::Bypass => "bypass",
+            Outcome::Stale => "stale",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    service: String,
+    operation: String,
+    result: &'static str,
+}
+
+#[derive(Debug, Default)]
+struct ServiceCounts {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    bypasses: AtomicU64,
+    stale: AtomicU64,
+    errors: AtomicU64,
+}
+
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    requests: Family<RequestLabels, Counter>,
+    upstream_duration: Histogram,
+    entries: Gauge,
+    bytes: Gauge,
+    evictions: Counter,
+    coalesced: Counter,
+    upstream_errors: Counter,
+    reloads: Counter,
+    operation_labels: RwLock<HashSet<String>>,
+    per_service: RwLock<HashMap<String, Arc<ServiceCounts>>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        let upstream_duration = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        let entries = Gauge::default();
+        let bytes = Gauge::default();
+        let evictions = Counter::default();
+        let coalesced = Counter::default();
+        let upstream_errors = Counter::default();
+        let reloads = Counter::default();
+        registry.register(
+            "soapcache_requests",
+            "Requests answered, by service, operation and cache result",
+            requests.clone(),
+        );
+        registry.register(
+            "soapcache_upstream_request_duration_seconds",
+            "Time from sending a request upstream to having its response",
+            upstream_duration.clone(),
+        );
+        registry.register(
+            "soapcache_cache_entries",
+            "Entries in the cache",
+            entries.clone(),
+        );
+        registry.register(
+            "soapcache_cache_bytes",
+            "Bytes held by cache entries (by weight)",
+            bytes.clone(),
+        );
+        registry.register(
+            "soapcache_evictions",
+            "Entries evicted to keep the cache within its size",
+            evictions.clone(),
+        );
+        registry.register(
+            "soapcache_coalesced_requests",
+            "Requests answered by waiting for an identical request already upstream",
+            coalesced.clone(),
+        );
+        registry.register(
+            "soapcache_upstream_errors",
+            "Upstream exchanges that failed (connect error, timeout, broken response)",
+            upstream_errors.clone(),
+        );
+        registry.register(
+            "soapcache_policy_reloads",
+            "Successful policy reloads",
+            reloads.clone(),
+        );
+        Metrics {
+            registry: Mutex::new(registry),
+            requests,
+            upstream_duration,
+            entries,
+            bytes,
+            evictions,
+            coalesced,
+            upstream_errors,
+            reloads,
+            operation_labels: RwLock::new(HashSet::new()),
+            per_service: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Counts one answered request. `declared` says the operation is named
+    /// in a policy, so its label is always allowed.
+    pub fn record(&self, service: &str, operation: Option<&str>, declared: bool, outcome: Outcome) {
+        let operation = match operation {
+            None => "none".to_owned(),
+            Some(op) if declared => op.to_owned(),
+            Some(op) => self.bounded_operation_label(op),
+        };
+        self.requests
+            .get_or_create(&RequestLabels {
+                service: service.to_owned(),
+                operation,
+                result: outcome.label(),
+            })
+            .inc();
+        let counts = self.service_counts(service);
+        let counter = match outcome {
+            Outcome::Hit => &counts.hits,
+            Outcome::Miss => &counts.misses,
+            Outcome::Bypass => &counts.bypasses,
+            Outcome::Stale => &counts.stale,
+            Outcome::Error => &counts.errors,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn bounded_operation_label(&self, op: &str) -> String {
+        if self
+            .operation_labels
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(op)
+        {
+            return op.to_owned();
+        }
+        let mut labels = self
+            .operation_labels
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        if labels.len() < MAX_OPERATION_LABELS {
+            labels.insert(op.to_owned());
+            op.to_owned()
+        } else {
+            "other".to_owned()
+        }
+    }
+
+    fn service_counts(&self, service: &str) -> Arc<ServiceCounts> {
+        if let Some(c) = self
+            .per_service
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(service)
+        {
+            return c.clone();
+        }
+        self.per_service
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(service.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    pub fn upstream_duration(&self, elapsed: Duration) {
+        self.upstream_duration.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn coalesced(&self) {
+        self.coalesced.inc();
+    }
+
+    pub fn upstream_error(&self) {
+        self.upstream_errors.inc();
+    }
+
+    pub fn reloaded(&self) {
+        self.reloads.inc();
+    }
+
+    /// The Prometheus text exposition, with the cache gauges read now.
+    pub fn encode(&self, store: &Store) -> String {
+        self.entries
+            .set(i64::try_from(store.entry_count()).unwrap_or(i64::MAX));
+        self.bytes
+            .set(i64::try_from(store.weighted_bytes()).unwrap_or(i64::MAX));
+        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        // Counters only go up: add what the store counted since last time.
+        let evicted = store.evictions();
+        let seen = self.evictions.get();
+        if evicted > seen {
+            self.evictions.inc_by(evicted - seen);
+        }
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
+    }
+
+    /// `/stats`: totals and per-service figures as JSON.
+    pub fn stats(&self, store: &Store) -> serde_json::Value {
+        let per_store = store.per_service();
+        let counts = self.per_service.read().unwrap_or_else(|p| p.into_inner());
+        let mut services = BTreeMap::new();
+        let (mut hits, mut misses) = (0u64, 0u64);
+        let names: HashSet<&String> = counts.keys().chain(per_store.keys()).collect();
+        for name in names {
+            let c = counts.get(name).cloned().unwrap_or_default();
+            let (entries, bytes) = per_store.get(name).copied().unwrap_or_default();
+            let h = c.hits.load(Ordering::Relaxed);
+            let m = c.misses.load(Ordering::Relaxed);
+            hits += h;
+            misses += m;
+            services.insert(
+                name.clone(),
+                serde_json::json!({
+                    "entries": entries,
+                    "bytes": bytes,
+                    "hits": h,
+                    "misses": m,
+                    "bypasses": c.bypasses.load(Ordering::Relaxed),
+                    "stale": c.stale.load(Ordering::Relaxed),
+                    "errors": c.errors.load(Ordering::Relaxed),
+                    "hit_ratio": ratio(h, m),
+                }),
+            );
+        }
+        serde_json::json!({
+            "entries": store.entry_count(),
+            "bytes": store.weighted_bytes(),
+            "hits": hits,
+            "misses": misses,
+            "hit_ratio": ratio(hits, misses),
+            "evictions": store.evictions(),
+            "services": services,
+        })
+    }
+}
+
+fn ratio(hits: u64, misses: u64) -> f64 {
+    if hits + misses == 0 {
+        0.0
+    } else {
+        hits as f64 / (hits + misses) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_names_every_series_of_the_spec() {
+        let m = Metrics::new();
+        let store = Store::new(1 << 20);
+        m.record("catalog", Some("CatalogPriceRequest"), true, Outcome::Hit);
+        m.coalesced();
+        m.upstream_error();
+        m.upstream_duration(Duration::from_millis(3));
+        let text = m.encode(&store);
+        for name in [
+            "soapcache_requests_total{",
+            "soapcache_upstream_request_duration_seconds_bucket",
+            "soapcache_cache_entries ",
+            "soapcache_cache_bytes ",
+            "soapcache_evictions_total ",
+            "soapcache_coalesced_requests_total 1",
+            "soapcache_upstream_errors_total 1",
+        ] {
+            assert!(text.contains(name), "{name} missing from\n{text}");
+        }
+        assert!(text.contains(r#"service="catalog""#) && text.contains(r#"result="hit""#));
+    }
+
+    #[test]
+    fn undeclared_operation_labels_are_bounded() {
+        let m = Metrics::new();
+        for i in 0..(MAX_OPERATION_LABELS + 50) {
+            m.record("default", Some(&format!("Op{i}")), false, Outcome::Miss);
+        }
+        let text = m.encode(&Store::new(1024));
+        assert!(text.contains(r#"operation="other""#));
+        assert!(!text.contains(&format!("Op{}", MAX_OPERATION_LABELS + 10)));
+    }
+}

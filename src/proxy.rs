@@ -1,0 +1,727 @@
+//! The request path, top to bottom in [`handle`]: route → read body →
+//! envelope → cacheability → key → lookup → (hit | coalesced miss →
+//! upstream → inspect/strip/store) → answer.
+//!
+//! Everything here is plain data flowing one way; the XML work is done by
+//! the pure modules (`envelope`, `selector`, `canonical`, `control`,
+//! `lifetime`), the cache by `store`, the network by `upstream`.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::http::request::Parts;
+use hyper::{Method, Request, Response, StatusCode, Uri};
+
+use crate::canonical;
+use crate::coalesce::{self, Coalescer, Role, Waited};
+use crate::control::{inspect_response, splice};
+use crate::envelope::{parse_request, OperationElement, RequestEnvelope, SoapVersion};
+use crate::fault::{self, Culprit, Fault};
+use crate::lifetime;
+use crate::metrics::{Metrics, Outcome};
+use crate::policy::{PolicySet, Rules, Service};
+use crate::store::{Entry, LookupKey, Scope, Store};
+use crate::upstream::{self, Body, FetchedBody, Upstream, UpstreamError};
+
+/// Responses are read whole up to this size (or the operation's
+/// `max_entry_size`, when larger) so their `CacheControl` can be stripped;
+/// larger ones stream through.
+const RESPONSE_BUFFER: usize = 8 << 20;
+
+static DEFAULT_RULES: LazyLock<Rules> = LazyLock::new(Rules::default);
+static DEFAULT_SERVICE: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("default"));
+
+/// Settings `serve` and `demo` start the proxy with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub default_upstream: Option<Uri>,
+    /// Where policies were loaded from, for reloads.
+    pub policy_path: Option<std::path::PathBuf>,
+    pub cache_size: u64,
+    pub max_body: u64,
+    pub upstream_timeout: Duration,
+}
+
+/// State shared by every connection: the policy set (swapped whole on
+/// reload), the cache, flights in progress, the upstream client, metrics.
+pub struct Shared {
+    pub policies: ArcSwap<PolicySet>,
+    pub store: Store,
+    pub metrics: Metrics,
+    flights: Coalescer<LookupKey>,
+    upstream: Upstream,
+    settings: Settings,
+}
+
+impl Shared {
+    pub fn new(settings: Settings, policies: PolicySet) -> Arc<Shared> {
+        Arc::new(Shared {
+            policies: ArcSwap::from_pointee(policies),
+            store: Store::new(settings.cache_size),
+            metrics: Metrics::new(),
+            flights: Coalescer::default(),
+            upstream: Upstream::new(settings.upstream_timeout),
+            settings,
+        })
+    }
+
+    /// Loads the policy set again and swaps it in whole; on any error the
+    /// running set stays. Returns the new set's summary, or every problem.
+    pub fn reload(&self) -> Result<Vec<String>, Vec<String>> {
+        let Some(path) = &self.settings.policy_path else {
+            return Ok(Vec::new());
+        };
+        match PolicySet::load(path) {
+            Ok(set) => {
+                let summary = set.summary();
+                self.policies.store(Arc::new(set));
+                self.metrics.reloaded();
+                tracing::info!(path = %path.display(), services = summary.len(), "policies reloaded");
+                Ok(summary)
+            }
+            Err(errors) => {
+                let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                for e in &errors {
+                    tracing::error!("reload refused, keeping the running policies: {e}");
+                }
+                Err(errors)
+            }
+        }
+    }
+}
+
+/// What the requester asked of the cache with `Cache-Control`.
+#[derive(Debug, Default, Clone, Copy)]
+struct Directives {
+    no_cache: bool,
+    no_store: bool,
+    private: bool,
+}
+
+fn directives(headers: &HeaderMap) -> Directives {
+    let mut d = Directives::default();
+    for value in headers.get_all(header::CACHE_CONTROL) {
+        for directive in value.to_str().unwrap_or_default().split(',') {
+            let name = directive.split('=').next().unwrap_or_default().trim();
+            if name.eq_ignore_ascii_case("no-cache") {
+                d.no_cache = true;
+            } else if name.eq_ignore_ascii_case("no-store") {
+                d.no_store = true;
+            } else if name.eq_ignore_ascii_case("private") {
+                d.private = true;
+            }
+        }
+    }
+    d
+}
+
+/// One request on its way through: everything the later steps need.
+struct Exchange<'a> {
+    shared: &'a Shared,
+    service: Option<&'a Service>,
+    service_name: Arc<str>,
+    parts: Parts,
+    body: Bytes,
+    target: Uri,
+    remote: SocketAddr,
+    version: SoapVersion,
+    operation: Option<String>,
+    declared: bool,
+}
+
+/// Answers one request. Never fails: every error becomes an HTTP answer.
+pub async fn handle(
+    shared: Arc<Shared>,
+    request: Request<Incoming>,
+    remote: SocketAddr,
+) -> Response<Body> {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let (response, service, operation, outcome) = route_and_answer(&shared, request, remote).await;
+    let status = response.status().as_u16();
+    tracing::info!(
+        target: "soapcache::access",
+        %method, %path, %service, operation = operation.as_deref().unwrap_or("-"),
+        result = outcome.label(), status,
+        micros = started.elapsed().as_micros() as u64,
+        "request"
+    );
+    response
+}
+
+async fn route_and_answer(
+    shared: &Shared,
+    request: Request<Incoming>,
+    remote: SocketAddr,
+) -> (Response<Body>, Arc<str>, Option<String>, Outcome) {
+    let policies = shared.policies.load_full();
+    let service = policies.route(request.uri().path()).map(|s| &**s);
+    let service_name: Arc<str> =
+        service.map_or_else(|| DEFAULT_SERVICE.clone(), |s| Arc::from(s.name.as_str()));
+    let soap12_content = is_soap12_content(request.headers());
+    let finish = |response, outcome| {
+        shared.metrics.record(&service_name, None, false, outcome);
+        (response, service_name.clone(), None, outcome)
+    };
+
+    let upstream = service
+        .and_then(|s| s.upstream.as_ref())
+        .or(shared.settings.default_upstream.as_ref());
+    let route = service.map_or("/", |s| s.route.as_str());
+    let target = match upstream.map(|u| upstream::target_uri(u, route, request.uri())) {
+        Some(Ok(target)) => target,
+        Some(Err(e)) => {
+            return finish(
+                fault_response(&fault::build(
+                    version_of(soap12_content),
+                    Culprit::Receiver,
+                    StatusCode::BAD_GATEWAY,
+                    &e,
+                )),
+                Outcome::Error,
+            )
+        }
+        None => {
+            let reason = format!("no upstream is configured for {}", request.uri().path());
+            return finish(
+                fault_response(&fault::build(
+                    version_of(soap12_content),
+                    Culprit::Receiver,
+                    StatusCode::BAD_GATEWAY,
+                    &reason,
+                )),
+                Outcome::Error,
+            );
+        }
+    };
+
+    // Non-POST (GET ?wsdl, ...) and multipart (SwA/MTOM) messages stream
+    // through untouched.
+    if request.method() != Method::POST || is_multipart(request.headers()) {
+        let response = pass_through(shared, request, target, remote, soap12_content).await;
+        let outcome = if response.status().is_server_error()
+            && response.headers().contains_key("x-soapcache-error")
+        {
+            Outcome::Error
+        } else {
+            Outcome::Bypass
+        };
+        return finish(response, outcome);
+    }
+
+    let (parts, body) = request.into_parts();
+    let body = match read_body(body, &parts.headers, shared.settings.max_body).await {
+        Ok(body) => body,
+        Err(response) => return finish(response, Outcome::Error),
+    };
+    let envelope = match parse_request(&body) {
+        Ok(envelope) => envelope,
+        Err(e) => {
+            let fault = fault::bad_request(
+                e.version,
+                soap12_content,
+                &format!("not an acceptable SOAP message: {e}"),
+            );
+            return finish(fault_response(&fault), Outcome::Error);
+        }
+    };
+
+    let operation = envelope.operation.as_ref().map(|op| op.name.local.clone());
+    let declared = envelope
+        .operation
+        .as_ref()
+        .is_some_and(|op| service.is_some_and(|s| s.operation(&op.name).is_some()));
+    let exchange = Exchange {
+        shared,
+        service,
+        service_name: service_name.clone(),
+        parts,
+        body: body.clone(),
+        target,
+        remote,
+        version: envelope.version,
+        operation: operation.clone(),
+        declared,
+    };
+    let (response, outcome) = answer_soap(&exchange, &envelope).await;
+    shared
+        .metrics
+        .record(&service_name, operation.as_deref(), declared, outcome);
+    (response, service_name, operation, outcome)
+}
+
+/// The cache decision for a well-formed SOAP request.
+async fn answer_soap(
+    x: &Exchange<'_>,
+    envelope: &RequestEnvelope<'_>,
+) -> (Response<Body>, Outcome) {
+    let Some(op) = envelope.operation.as_ref() else {
+        return forward(x, None).await;
+    };
+    let rules = x.service.map_or(&*DEFAULT_RULES, |s| s.rules(&op.name));
+    let requester = directives(&x.parts.headers);
+    let writes = x.service.and_then(|s| s.invalidation(&op.name)).is_some();
+    if !rules.cache || requester.no_store || writes || !may_share(x, envelope, rules) {
+        return forward(x, Some(op)).await;
+    }
+
+    let Some(lookup) = lookup_key(x, op, rules) else {
+        return forward(x, Some(op)).await;
+    };
+    let now = SystemTime::now();
+    let cached = x.shared.store.lookup(&lookup);
+    if requester.no_cache {
+        // Forward, and let the answer refresh the entry.
+        return fetch_and_store(x, op, rules, &lookup, cached).await.0;
+    }
+    if let Some(entry) = cached.as_ref().filter(|e| e.is_fresh(now)) {
+        return (
+            cached_response(entry, now, "HIT", "soapcache; hit"),
+            Outcome::Hit,
+        );
+    }
+
+    match x.shared.flights.join(&lookup) {
+        Role::Leader(flight) => {
+            let (answer, outcome) = fetch_and_store(x, op, rules, &lookup, cached).await;
+            flight.finish(outcome);
+            answer
+        }
+        Role::Follower(rx) => {
+            x.shared.metrics.coalesced();
+            let patience = x.shared.settings.upstream_timeout + Duration::from_secs(1);
+            match coalesce::wait(rx, patience).await {
+                Waited::Done(coalesce::Outcome::Stored(entry)) => (
+                    cached_response(
+                        &entry,
+                        SystemTime::now(),
+                        "HIT",
+                        "soapcache; hit; detail=coalesced",
+                    ),
+                    Outcome::Hit,
+                ),
+                Waited::Done(coalesce::Outcome::UpstreamFailed { status, message }) => {
+                    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+                    let fault = fault::build(x.version, Culprit::Receiver, status, &message);
+                    (fault_response(&fault), Outcome::Error)
+                }
+                // Not shareable, leader gone or too slow: fetch our own.
+                _ => fetch_and_store(x, op, rules, &lookup, cached).await.0,
+            }
+        }
+    }
+}
+
+/// A request with credentials (HTTP `Authorization`, a WS-Security header)
+/// is answered from, or stored in, the shared cache only when the policy
+/// says so: `shared = true`, or `Authorization` is one of its vary headers
+/// so that each credential gets its own entries.
+fn may_share(x: &Exchange<'_>, envelope: &RequestEnvelope<'_>, rules: &Rules) -> bool {
+    if rules.shared {
+        return true;
+    }
+    let authorization = x.parts.headers.contains_key(header::AUTHORIZATION);
+    let varies_by_authorization = rules.vary_headers.contains(&header::AUTHORIZATION);
+    !envelope.has_security_header && (!authorization || varies_by_authorization)
+}
+
+/// `(service, operation, selector value, vary values)`, or `None` when the
+/// policy's key cannot be evaluated on this request (then it is forwarded).
+fn lookup_key(x: &Exchange<'_>, op: &OperationElement<'_>, rules: &Rules) -> Option<LookupKey> {
+    let policy_key = x
+        .service
+        .and_then(|s| s.operation(&op.name))
+        .and_then(|o| o.key.as_ref());
+    let selector = match policy_key {
+        Some(selector) => selector
+            .select(op)
+            .map_err(|e| tracing::warn!("key selection failed: {e}"))
+            .ok()?,
+        None => canonical::digest(op)
+            .map_err(|e| tracing::warn!("request digest failed: {e}"))
+            .ok()?,
+    };
+    let vary = rules
+        .vary_headers
+        .iter()
+        .map(|h| x.parts.headers.get(h).cloned())
+        .collect();
+    Some(LookupKey {
+        scope: Scope {
+            service: x.service_name.clone(),
+            operation: Arc::from(op.name.to_string()),
+            vary,
+        },
+        selector,
+    })
+}
+
+/// Forwards without caching (BYPASS): the answer is still stripped of its
+/// addressed `CacheControl` block, and a write operation's success purges.
+async fn forward(x: &Exchange<'_>, op: Option<&OperationElement<'_>>) -> (Response<Body>, Outcome) {
+    let rules = match (x.service, op) {
+        (Some(s), Some(op)) => s.rules(&op.name),
+        _ => &*DEFAULT_RULES,
+    };
+    let request = upstream::build_request(
+        &x.parts,
+        x.target.clone(),
+        x.remote,
+        upstream::full(x.body.clone()),
+    );
+    let started = Instant::now();
+    let limit = RESPONSE_BUFFER.max(usize::try_from(rules.max_entry_size).unwrap_or(usize::MAX));
+    match x.shared.upstream.fetch(request, limit).await {
+        Err(e) => (upstream_failure(x, &e), Outcome::Error),
+        Ok(fetched) => {
+            x.shared.metrics.upstream_duration(started.elapsed());
+            match fetched.body {
+                FetchedBody::Partial { head, rest } => (
+                    streamed(fetched.parts, head, rest, "BYPASS", "soapcache; fwd=bypass"),
+                    Outcome::Bypass,
+                ),
+                FetchedBody::Whole(bytes) => {
+                    let info = inspect_response(&bytes, &rules.roles);
+                    let stripped = info
+                        .as_ref()
+                        .map_or_else(|| bytes.clone(), |i| splice(&bytes, &i.strip));
+                    let succeeded = fetched.parts.status.is_success()
+                        && info.as_ref().is_some_and(|i| !i.is_fault);
+                    if succeeded {
+                        if let Some(op) = op {
+                            invalidate(x, op);
+                        }
+                    }
+                    (
+                        whole(fetched.parts, stripped, "BYPASS", "soapcache; fwd=bypass"),
+                        Outcome::Bypass,
+                    )
+                }
+            }
+        }
+    }
+}
+
+/// A successful write operation purges the entries its policy targets.
+fn invalidate(x: &Exchange<'_>, op: &OperationElement<'_>) {
+    let Some(invalidation) = x.service.and_then(|s| s.invalidation(&op.name)) else {
+        return;
+    };
+    let key = match invalidation.key.select(op) {
+        Ok(key) => key,
+        Err(e) => {
+            tracing::warn!(service = %x.service_name, "invalidation key selection failed: {e}");
+            return;
+        }
+    };
+    let mut purged = 0;
+    for target in &invalidation.targets {
+        purged += x
+            .shared
+            .store
+            .purge(&key, Some(&x.service_name), Some(&target.to_string()));
+    }
+    tracing::info!(service = %x.service_name, key = %key, purged, "invalidated by {}", op.name.local);
+}
+
+/// The miss path: one request upstream, the answer stripped, stored when
+/// every rule of SPEC §4 allows, and the outcome for coalesced followers.
+async fn fetch_and_store(
+    x: &Exchange<'_>,
+    op: &OperationElement<'_>,
+    rules: &Rules,
+    lookup: &LookupKey,
+    stale: Option<Arc<Entry>>,
+) -> ((Response<Body>, Outcome), coalesce::Outcome) {
+    let request = upstream::build_request(
+        &x.parts,
+        x.target.clone(),
+        x.remote,
+        upstream::full(x.body.clone()),
+    );
+    let started = Instant::now();
+    let limit = RESPONSE_BUFFER.max(usize::try_from(rules.max_entry_size).unwrap_or(usize::MAX));
+    let fetched = match x.shared.upstream.fetch(request, limit).await {
+        Ok(fetched) => fetched,
+        Err(e) => {
+            if let Some(answer) = serve_stale(stale.as_ref()) {
+                tracing::warn!(service = %x.service_name, "upstream failed, serving stale: {e}");
+                return (answer, coalesce::Outcome::GiveUp);
+            }
+            let response = upstream_failure(x, &e);
+            let outcome = coalesce::Outcome::UpstreamFailed {
+                status: response.status().as_u16(),
+                message: Arc::from(e.to_string()),
+            };
+            return ((response, Outcome::Error), outcome);
+        }
+    };
+    x.shared.metrics.upstream_duration(started.elapsed());
+    let parts = fetched.parts;
+    let bytes = match fetched.body {
+        FetchedBody::Whole(bytes) => bytes,
+        FetchedBody::Partial { head, rest } => {
+            let response = streamed(parts, head, rest, "MISS", "soapcache; fwd=miss");
+            return ((response, Outcome::Miss), coalesce::Outcome::GiveUp);
+        }
+    };
+    let info = inspect_response(&bytes, &rules.roles);
+    if parts.status.is_server_error() && !info.as_ref().is_some_and(|i| i.is_fault) {
+        if let Some(answer) = serve_stale(stale.as_ref()) {
+            tracing::warn!(service = %x.service_name, status = parts.status.as_u16(), "upstream error, serving stale");
+            return (answer, coalesce::Outcome::GiveUp);
+        }
+    }
+    let stripped = info
+        .as_ref()
+        .map_or_else(|| bytes.clone(), |i| splice(&bytes, &i.strip));
+
+    // SPEC §4: what may be stored, and under which CacheKey until when.
+    let now = SystemTime::now();
+    let control = info
+        .as_ref()
+        .and_then(|i| i.control.as_ref())
+        .filter(|_| rules.honor_cache_control);
+    let storable = parts.status == StatusCode::OK
+        && info.as_ref().is_some_and(|i| !i.is_fault)
+        && (control.is_some() || rules.ttl.is_some() || rules.expires_daily_at.is_some())
+        && !response_forbids_storing(&parts.headers)
+        && stripped.len() as u64 <= rules.max_entry_size;
+    let expires_at = storable
+        .then(|| {
+            lifetime::expires_at(
+                control,
+                rules.ttl,
+                rules.expires_daily_at,
+                rules.max_ttl,
+                now,
+            )
+        })
+        .flatten()
+        .filter(|at| *at > now);
+
+    let Some(expires_at) = expires_at else {
+        let response = whole(parts, stripped, "MISS", "soapcache; fwd=miss");
+        return ((response, Outcome::Miss), coalesce::Outcome::GiveUp);
+    };
+    let cache_key = control
+        .and_then(|c| c.cache_key.as_deref())
+        .filter(|k| !k.is_empty())
+        .unwrap_or(&lookup.selector)
+        .to_owned();
+    let entry = Arc::new(Entry {
+        body: stripped.clone(),
+        content_type: parts.headers.get(header::CONTENT_TYPE).cloned(),
+        stored_at: now,
+        expires_at,
+        stale_until: expires_at
+            .checked_add(rules.stale_if_error)
+            .unwrap_or(expires_at),
+    });
+    x.shared.store.insert(lookup, &cache_key, entry.clone());
+    tracing::debug!(service = %x.service_name, operation = %op.name, cache_key = %cache_key, "stored");
+    let response = whole(parts, stripped, "MISS", "soapcache; fwd=miss; stored");
+    ((response, Outcome::Miss), coalesce::Outcome::Stored(entry))
+}
+
+fn serve_stale(stale: Option<&Arc<Entry>>) -> Option<(Response<Body>, Outcome)> {
+    let now = SystemTime::now();
+    let entry = stale.filter(|e| e.is_usable_stale(now))?;
+    Some((
+        cached_response(entry, now, "STALE", "soapcache; hit; fwd=stale"),
+        Outcome::Stale,
+    ))
+}
+
+/// `Cache-Control: no-store` or `private` on the service's answer.
+fn response_forbids_storing(headers: &HeaderMap) -> bool {
+    let d = directives(headers);
+    d.no_store || d.private
+}
+
+/// GET ?wsdl, multipart messages: both directions stream.
+async fn pass_through(
+    shared: &Shared,
+    request: Request<Incoming>,
+    target: Uri,
+    remote: SocketAddr,
+    soap12_content: bool,
+) -> Response<Body> {
+    let (parts, body) = request.into_parts();
+    let outgoing = upstream::build_request(&parts, target, remote, upstream::stream(body));
+    let started = Instant::now();
+    match shared.upstream.send_streaming(outgoing).await {
+        Ok(response) => {
+            shared.metrics.upstream_duration(started.elapsed());
+            let (parts, body) = response.into_parts();
+            let mut response = Response::new(upstream::stream(body));
+            *response.status_mut() = parts.status;
+            *response.headers_mut() = upstream::response_headers(&parts.headers);
+            mark(response.headers_mut(), "BYPASS", "soapcache; fwd=method");
+            response
+        }
+        Err(e) => {
+            shared.metrics.upstream_error();
+            let mut response = fault_response(&upstream_fault(version_of(soap12_content), &e));
+            response
+                .headers_mut()
+                .insert("x-soapcache-error", HeaderValue::from_static("upstream"));
+            response
+        }
+    }
+}
+
+/// Reads the request body up to `max_body`: 413 past it (decided from
+/// `Content-Length` before reading anything when it is given).
+async fn read_body(
+    body: Incoming,
+    headers: &HeaderMap,
+    max_body: u64,
+) -> Result<Bytes, Response<Body>> {
+    let soap12 = is_soap12_content(headers);
+    let too_large = || {
+        let reason = format!("the request body is larger than the {max_body}-byte limit");
+        fault_response(&fault::build(
+            version_of(soap12),
+            Culprit::Sender,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &reason,
+        ))
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max_body) {
+        return Err(too_large());
+    }
+    let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => {
+            let reason = format!("could not read the request body: {e}");
+            Err(fault_response(&fault::bad_request(None, soap12, &reason)))
+        }
+    }
+}
+
+fn upstream_fault(version: SoapVersion, error: &UpstreamError) -> Fault {
+    let status = match error {
+        UpstreamError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        _ => StatusCode::BAD_GATEWAY,
+    };
+    fault::build(version, Culprit::Receiver, status, &error.to_string())
+}
+
+fn upstream_failure(x: &Exchange<'_>, error: &UpstreamError) -> Response<Body> {
+    x.shared.metrics.upstream_error();
+    tracing::warn!(service = %x.service_name, operation = x.operation.as_deref().unwrap_or("-"), declared = x.declared, "{error}");
+    fault_response(&upstream_fault(x.version, error))
+}
+
+fn version_of(soap12_content: bool) -> SoapVersion {
+    if soap12_content {
+        SoapVersion::V12
+    } else {
+        SoapVersion::V11
+    }
+}
+
+fn is_soap12_content(headers: &HeaderMap) -> bool {
+    content_type_is(headers, "application/soap+xml")
+}
+
+fn is_multipart(headers: &HeaderMap) -> bool {
+    content_type_is(headers, "multipart/")
+}
+
+fn content_type_is(headers: &HeaderMap, prefix: &str) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .get(..prefix.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
+        })
+}
+
+fn mark(headers: &mut HeaderMap, x_cache: &'static str, cache_status: &'static str) {
+    headers.insert("x-cache", HeaderValue::from_static(x_cache));
+    headers.insert("cache-status", HeaderValue::from_static(cache_status));
+}
+
+/// An answer from a stored entry: the stored bytes as they are.
+fn cached_response(
+    entry: &Entry,
+    now: SystemTime,
+    x_cache: &'static str,
+    cache_status: &'static str,
+) -> Response<Body> {
+    let mut response = Response::new(upstream::full(entry.body.clone()));
+    let headers = response.headers_mut();
+    if let Some(content_type) = &entry.content_type {
+        headers.insert(header::CONTENT_TYPE, content_type.clone());
+    }
+    mark(headers, x_cache, cache_status);
+    headers.insert(header::AGE, HeaderValue::from(entry.age(now)));
+    headers.insert(header::VIA, HeaderValue::from_static("1.1 soapcache"));
+    response
+}
+
+/// An upstream answer read whole (and possibly stripped).
+fn whole(
+    parts: hyper::http::response::Parts,
+    body: Bytes,
+    x_cache: &'static str,
+    cache_status: &'static str,
+) -> Response<Body> {
+    let mut response = Response::new(upstream::full(body));
+    *response.status_mut() = parts.status;
+    let mut headers = upstream::response_headers(&parts.headers);
+    // The body may have changed length; hyper sets it from the body.
+    headers.remove(header::CONTENT_LENGTH);
+    mark(&mut headers, x_cache, cache_status);
+    *response.headers_mut() = headers;
+    response
+}
+
+/// An upstream answer too large to hold: what was read, then the rest.
+fn streamed(
+    parts: hyper::http::response::Parts,
+    head: Bytes,
+    rest: Incoming,
+    x_cache: &'static str,
+    cache_status: &'static str,
+) -> Response<Body> {
+    use futures_util::stream::{self, StreamExt};
+    use http_body_util::StreamBody;
+    let head_frame =
+        stream::once(async move { Ok::<_, upstream::BoxError>(hyper::body::Frame::data(head)) });
+    let rest_frames =
+        http_body_util::BodyStream::new(rest).map(|f| f.map_err(upstream::BoxError::from));
+    let body = BodyExt::boxed(StreamBody::new(head_frame.chain(rest_frames)));
+    let mut response = Response::new(body);
+    *response.status_mut() = parts.status;
+    let mut headers = upstream::response_headers(&parts.headers);
+    mark(&mut headers, x_cache, cache_status);
+    *response.headers_mut() = headers;
+    response
+}
+
+pub fn fault_response(fault: &Fault) -> Response<Body> {
+    let mut response = Response::new(upstream::full(fault.body.clone()));
+    *response.status_mut() = fault.status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, fault.content_type.clone());
+    response
+}

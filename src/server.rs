@@ -1,0 +1,157 @@
+//! Starting and stopping soapcache: bind both listeners (failing with one
+//! clear line), run them until shutdown, reload policies on SIGHUP.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+use crate::admin::Admin;
+use crate::cli::ServeArgs;
+use crate::listener;
+use crate::policy::PolicySet;
+use crate::proxy::{self, Settings, Shared};
+use crate::shutdown::{self, Shutdown};
+
+/// A started soapcache: where it listens, its state, and its tasks.
+pub struct Running {
+    pub proxy_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub shared: Arc<Shared>,
+    pub shutdown: Shutdown,
+    tasks: JoinSet<()>,
+}
+
+impl Running {
+    /// Waits until both listeners have stopped and drained.
+    pub async fn stopped(mut self) {
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Binds the proxy and admin listeners and starts serving.
+pub async fn start(
+    settings: Settings,
+    policies: PolicySet,
+    listen: SocketAddr,
+    admin: SocketAddr,
+    admin_token: Option<&str>,
+) -> Result<Running, String> {
+    if listen == admin && listen.port() != 0 {
+        return Err(format!("--admin ({admin}) must differ from --listen: the admin API never shares the proxy port"));
+    }
+    let proxy_listener = bind(listen, "proxy (--listen)").await?;
+    let admin_listener = bind(admin, "admin API (--admin)").await?;
+    let proxy_addr = proxy_listener.local_addr().map_err(|e| e.to_string())?;
+    let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
+
+    let shared = Shared::new(settings, policies);
+    let shutdown = Shutdown::default();
+    let mut tasks = JoinSet::new();
+
+    let proxy_state = shared.clone();
+    let handler = move |request, remote| proxy::handle(proxy_state.clone(), request, remote);
+    tasks.spawn(listener::serve(
+        "proxy",
+        proxy_listener,
+        handler,
+        shutdown.clone(),
+    ));
+
+    let admin = Admin::new(shared.clone(), admin_token);
+    let handler = move |request, _remote| {
+        let admin = admin.clone();
+        async move { admin.handle(request).await }
+    };
+    tasks.spawn(listener::serve(
+        "admin",
+        admin_listener,
+        handler,
+        shutdown.clone(),
+    ));
+
+    tracing::info!("proxy listening on {proxy_addr}");
+    tracing::info!("admin listening on {admin_addr}");
+    Ok(Running {
+        proxy_addr,
+        admin_addr,
+        shared,
+        shutdown,
+        tasks,
+    })
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, String> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr} for the {what}: {e}"))
+}
+
+/// `soapcache serve`: runs until SIGTERM/SIGINT, then drains and returns.
+pub async fn serve(args: ServeArgs) -> Result<(), String> {
+    let policies = match &args.policies {
+        Some(path) => PolicySet::load(path).map_err(|errors| {
+            let first = errors.first().map(ToString::to_string).unwrap_or_default();
+            let more = match errors.len() {
+                1 => String::new(),
+                n => format!(
+                    " (and {} more; run `soapcache check --policies {}`)",
+                    n - 1,
+                    path.display()
+                ),
+            };
+            format!("invalid policy: {first}{more}")
+        })?,
+        None => PolicySet::empty(),
+    };
+    if args.upstream.is_none() && policies.services().is_empty() {
+        return Err("nothing to proxy: give --upstream URL and/or --policies PATH".into());
+    }
+    if let Some(upstream) = &args.upstream {
+        if !matches!(upstream.scheme_str(), Some("http")) || upstream.host().is_none() {
+            return Err(format!(
+                "--upstream {upstream}: an http://host[:port][/path] URL is required"
+            ));
+        }
+    }
+    let settings = Settings {
+        default_upstream: args.upstream.clone(),
+        policy_path: args.policies.clone(),
+        cache_size: args.cache_size,
+        max_body: args.max_body,
+        upstream_timeout: args.upstream_timeout,
+    };
+    let running = start(
+        settings,
+        policies,
+        args.listen,
+        args.admin,
+        args.admin_token.as_deref(),
+    )
+    .await?;
+    for line in running.shared.policies.load().summary() {
+        tracing::info!("policy: {line}");
+    }
+    spawn_reload_on_sighup(running.shared.clone());
+    shutdown::termination_signal().await;
+    running.shutdown.trigger();
+    running.stopped().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn spawn_reload_on_sighup(shared: Arc<Shared>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot install the SIGHUP handler: reload with POST /reload");
+            return;
+        };
+        while hangup.recv().await.is_some() {
+            tracing::info!("SIGHUP received: reloading policies");
+            let _ = shared.reload();
+        }
+    });
+}

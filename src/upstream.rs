@@ -1,0 +1,316 @@
+//! The upstream client: a pooled hyper-util client, requests rewritten as an
+//! HTTP/1.1 proxy must (hop-by-hop headers, `Via`, `X-Forwarded-For`), and
+//! `--upstream-timeout` enforced over the whole exchange.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::http::request::Parts;
+use hyper::{Request, Response, Uri};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type on both sides of the proxy: whole `Bytes` or a stream.
+pub type Body = BoxBody<Bytes, BoxError>;
+
+pub fn full(bytes: Bytes) -> Body {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
+}
+
+pub fn stream(body: Incoming) -> Body {
+    body.map_err(BoxError::from).boxed()
+}
+
+/// `Via` value soapcache adds.
+const VIA: &str = "1.1 soapcache";
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot connect to the upstream service: {0}")]
+    Connect(String),
+    #[error("the upstream service did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the upstream exchange failed: {0}")]
+    Failed(String),
+}
+
+/// A response whose body was read up to a limit: whole, or the part read
+/// so far plus the rest still streaming.
+pub struct Fetched {
+    pub parts: hyper::http::response::Parts,
+    pub body: FetchedBody,
+}
+
+pub enum FetchedBody {
+    Whole(Bytes),
+    Partial { head: Bytes, rest: Incoming },
+}
+
+#[derive(Clone)]
+pub struct Upstream {
+    client: Client<HttpConnector, Body>,
+    timeout: Duration,
+}
+
+impl Upstream {
+    pub fn new(timeout: Duration) -> Upstream {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(timeout));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        Upstream { client, timeout }
+    }
+
+    /// Sends `request` and reads the response body up to `limit` bytes,
+    /// all within the upstream timeout.
+    pub async fn fetch(
+        &self,
+        request: Request<Body>,
+        limit: usize,
+    ) -> Result<Fetched, UpstreamError> {
+        let exchange = async {
+            let response = self.client.request(request).await.map_err(|e| {
+                if e.is_connect() {
+                    UpstreamError::Connect(error_chain(&e))
+                } else {
+                    UpstreamError::Failed(error_chain(&e))
+                }
+            })?;
+            let (parts, mut body) = response.into_parts();
+            let mut buffer = BytesMut::new();
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| UpstreamError::Failed(error_chain(&e)))?;
+                if let Ok(data) = frame.into_data() {
+                    buffer.extend_from_slice(&data);
+                    if buffer.len() > limit {
+                        return Ok(Fetched {
+                            parts,
+                            body: FetchedBody::Partial {
+                                head: buffer.freeze(),
+                                rest: body,
+                            },
+                        });
+                    }
+                }
+            }
+            Ok(Fetched {
+                parts,
+                body: FetchedBody::Whole(buffer.freeze()),
+            })
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| UpstreamError::Timeout(self.timeout))?
+    }
+
+    /// Sends `request` and returns the response as it streams in; the
+    /// timeout covers the response head only.
+    pub async fn send_streaming(
+        &self,
+        request: Request<Body>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let send = self.client.request(request);
+        match tokio::time::timeout(self.timeout, send).await {
+            Err(_) => Err(UpstreamError::Timeout(self.timeout)),
+            Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect(error_chain(&e))),
+            Ok(Err(e)) => Err(UpstreamError::Failed(error_chain(&e))),
+            Ok(Ok(response)) => Ok(response),
+        }
+    }
+}
+
+/// The whole `source()` chain in one line: hyper's top-level messages alone
+/// ("client error (Connect)") do not tell an operator what happened.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+/// The upstream URI for a request: with an upstream that has no path, the
+/// request's path is kept; otherwise the route prefix is replaced by the
+/// upstream's path (as nginx's `proxy_pass` with a URI does). The query is kept.
+pub fn target_uri(upstream: &Uri, route: &str, request: &Uri) -> Result<Uri, String> {
+    let path = request.path();
+    let base = upstream.path();
+    let new_path = if base.is_empty() || base == "/" || path.starts_with(base) && route == "/" {
+        path.to_owned()
+    } else {
+        let rest = path
+            .strip_prefix(route.trim_end_matches('/'))
+            .unwrap_or(path);
+        if rest.is_empty() || rest == "/" {
+            base.to_owned()
+        } else {
+            format!(
+                "{}/{}",
+                base.trim_end_matches('/'),
+                rest.trim_start_matches('/')
+            )
+        }
+    };
+    let path_and_query = match request.query() {
+        Some(q) => format!("{new_path}?{q}"),
+        None => new_path,
+    };
+    let mut parts = upstream.clone().into_parts();
+    parts.path_and_query = Some(
+        path_and_query
+            .parse()
+            .map_err(|e| format!("bad upstream path: {e}"))?,
+    );
+    Uri::from_parts(parts).map_err(|e| format!("bad upstream URI: {e}"))
+}
+
+/// Headers that describe one connection and must not be forwarded
+/// (RFC 9110 §7.6.1), plus those the `Connection` header names.
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+/// The request to send upstream: same method, headers (less hop-by-hop;
+/// `Host` and `SOAPAction` unchanged), plus `Via` and `X-Forwarded-For`.
+pub fn build_request(parts: &Parts, target: Uri, remote: SocketAddr, body: Body) -> Request<Body> {
+    let mut headers = parts.headers.clone();
+    remove_hop_by_hop(&mut headers);
+    if !headers.contains_key(header::HOST) {
+        // HTTP/2 requests carry the host in the URI authority.
+        if let Some(host) = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            headers.insert(header::HOST, host);
+        }
+    }
+    headers.append(header::VIA, HeaderValue::from_static(VIA));
+    let client = remote.ip().to_string();
+    let forwarded = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(previous) => format!("{previous}, {client}"),
+        None => client,
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded) {
+        headers.insert("x-forwarded-for", value);
+    }
+    let mut request = Request::new(body);
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = target;
+    *request.headers_mut() = headers;
+    request
+}
+
+/// Response headers to pass on: the upstream's, less hop-by-hop, plus `Via`.
+pub fn response_headers(upstream: &HeaderMap) -> HeaderMap {
+    let mut headers = upstream.clone();
+    remove_hop_by_hop(&mut headers);
+    headers.append(header::VIA, HeaderValue::from_static(VIA));
+    headers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uri(s: &str) -> Uri {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn upstream_paths_follow_the_route() {
+        let t = |up: &str, route: &str, req: &str| {
+            target_uri(&uri(up), route, &uri(req)).unwrap().to_string()
+        };
+        assert_eq!(
+            t("http://h:9000", "/", "/soap?x=1"),
+            "http://h:9000/soap?x=1"
+        );
+        assert_eq!(
+            t("http://h:9000/catalog", "/catalog", "/catalog"),
+            "http://h:9000/catalog"
+        );
+        assert_eq!(
+            t("http://h:9000/catalog", "/catalog", "/catalog/v2"),
+            "http://h:9000/catalog/v2"
+        );
+        assert_eq!(
+            t("http://h:9000/svc", "/prices", "/prices"),
+            "http://h:9000/svc"
+        );
+        assert_eq!(t("http://h:9000/svc", "/", "/svc"), "http://h:9000/svc");
+        assert_eq!(t("http://h:9000/svc", "/", "/"), "http://h:9000/svc");
+        assert_eq!(
+            t("http://h:9000/svc", "/", "/other"),
+            "http://h:9000/svc/other"
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_dropped_and_via_added() {
+        let mut request = Request::builder()
+            .uri("/x")
+            .header("connection", "close, x-private")
+            .header("x-private", "1")
+            .header("keep-alive", "timeout=5")
+            .header("soapaction", "\"urn:a\"")
+            .header("host", "front.example")
+            .body(())
+            .unwrap();
+        request
+            .headers_mut()
+            .append("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        let (parts, ()) = request.into_parts();
+        let out = build_request(
+            &parts,
+            uri("http://h/x"),
+            "127.0.0.1:5000".parse().unwrap(),
+            full(Bytes::new()),
+        );
+        let h = out.headers();
+        assert!(
+            h.get("connection").is_none()
+                && h.get("x-private").is_none()
+                && h.get("keep-alive").is_none()
+        );
+        assert_eq!(h["soapaction"], "\"urn:a\"");
+        assert_eq!(h["host"], "front.example");
+        assert_eq!(h["via"], VIA);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+    }
+}

@@ -1,0 +1,539 @@
+//! Service-directed caching end to end (SPEC §3–§5): soapcache as a process
+//! between a real HTTP client and a real upstream SOAP service on loopback.
+
+mod support;
+
+use std::time::{Duration, SystemTime};
+
+use support::*;
+
+fn serve_in_front_of(upstream: &Upstream) -> Soapcache {
+    Soapcache::serve(&["--upstream", &upstream.url()])
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repeat_request_is_answered_from_the_cache() {
+    let upstream = Upstream::catalog().await;
+    let proxy = serve_in_front_of(&upstream);
+    let http = Http::default();
+
+    let first = http
+        .soap(&proxy.url("/catalog"), &catalog_request("ABC-1234"))
+        .await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.x_cache(), "MISS");
+    assert_eq!(
+        first.header("cache-status"),
+        Some("soapcache; fwd=miss; stored")
+    );
+
+    let second = http
+        .soap(&proxy.url("/catalog"), &catalog_request("ABC-1234"))
+        .await;
+    assert_eq!(second.status, 200);
+    assert_eq!(second.x_cache(), "HIT");
+    assert_eq!(second.header("cache-status"), Some("soapcache; hit"));
+    assert!(second.header("age").is_some());
+    assert_eq!(
+        second.header("content-type"),
+        Some("text/xml; charset=utf-8")
+    );
+    assert_eq!(second.body, first.body);
+    assert_eq!(upstream.count(), 1, "the hit must not reach the service");
+
+    let other = http
+        .soap(&proxy.url("/catalog"), &catalog_request("XYZ-9"))
+        .await;
+    assert_eq!(other.x_cache(), "MISS");
+    assert_eq!(upstream.count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cache_control_block_is_stripped_and_every_other_byte_kept() {
+    let upstream = Upstream::catalog().await;
+    let proxy = serve_in_front_of(&upstream);
+    let http = Http::default();
+
+    let miss = http
+        .soap(&proxy.url("/catalog"), &catalog_request("ABC-1234"))
+        .await;
+    let sent = String::from_utf8(upstream.last_sent().to_vec()).unwrap();
+    let block_start = sent.find("<ca:CacheControl").unwrap();
+    let block_end = sent.find("</ca:CacheControl>").unwrap() + "</ca:CacheControl>".len();
+    let expected = format!("{}{}", &sent[..block_start], &sent[block_end..]);
+    assert_eq!(miss.text(), expected);
+    assert!(!miss.text().contains("CacheControl"));
+    assert!(miss
+        .text()
+        .starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<!-- catalog v2 -->"));
+
+    let hit = http
+        .soap(&proxy.url("/catalog"), &catalog_request("ABC-1234"))
+        .await;
+    assert_eq!(hit.x_cache(), "HIT");
+    assert_eq!(hit.text(), expected);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_differing_only_in_prefixes_and_indentation_share_an_entry() {
+    let upstream = Upstream::catalog().await;
+    let proxy = serve_in_front_of(&upstream);
+    let http = Http::default();
+
+    assert_eq!(
+        http.soap(&proxy.url("/"), &catalog_request("P-1"))
+            .await
+            .x_cache(),
+        "MISS"
+    );
+    let variant = http
+        .soap(&proxy.url("/"), &catalog_request_reformatted("P-1"))
+        .await;
+    assert_eq!(variant.x_cache(), "HIT");
+    assert_eq!(upstream.count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn responses_that_have_already_expired_are_not_stored() {
+    let upstream = Upstream::start(|seen| {
+        Reply::xml(
+            200,
+            catalog_response(&part_of(&seen.body), "2001-03-09T08:00:00Z"),
+        )
+    })
+    .await;
+    let proxy = serve_in_front_of(&upstream);
+    let http = Http::default();
+    for _ in 0..2 {
+        let answer = http.soap(&proxy.url("/"), &catalog_request("OLD-1")).await;
+        assert_eq!(answer.x_cache(), "MISS");
+        assert_eq!(answer.header("cache-status"), Some("soapcache; fwd=miss"));
+        assert!(
+            !answer.text().contains("CacheControl"),
+            "stripped even when not stored"
+        );
+    }
+    assert_eq!(upstream.count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_age_gives_a_lifetime_too() {
+    let upstream = Upstream::start(|seen| {
+        let part = part_of(&seen.body);
+        let body = catalog_response(&part, "x")
+            .replace("<ca:Expires>x</ca:Expires>", "<ca:MaxAge>PT1H</ca:MaxAge>");
+        Reply::xml(200, body)
+    })
+    .await;
+    let proxy = serve_in_front_of(&upstream);
+    let http = Http::default();
+    http.soap(&proxy.url("/"), &catalog_request("AGE-1")).await;
+    assert_eq!(
+        http.soap(&proxy.url("/"), &catalog_request("AGE-1"))
+            .await
+            .x_cache(),
+        "HIT"
+    );
+    assert_eq!(upstream.count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn faults_are_never_stored() {
+    let fault = format!(
+        "<soap:Envelope xmlns:soap=\"{SOAP11}\"><soap:Header>{}</soap:Header><soap:Body><soap:Fault><faultcode>soap:Server</faultcode><faultstring>price unavailable</faultstring></soap:Fault></soap:Body></soap:Envelope>",
+        control_block("F-1", &in_one_hour())
+    );
+    let upstream = Upstream::start(move |_| Reply::xml(500, fault.clone())).await;
+    let proxy = serve_in_front_of(&upstream);
+    let http = Http::default();
+    for _ in 0..2 {
+        let answer = http.soap(&proxy.url("/"), &catalog_request("F-1")).await;
+        assert_eq!(answer.status, 500);
+        assert_eq!(answer.x_cache(), "MISS");
+        assert!(answer.text().contains("price unavailable"));
+        assert!(!answer.text().contains("CacheControl"));
+    }
+    assert_eq!(upstream.count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_200_fault_is_not_stored_either() {
+    let fault = format!(
+        "<soap:Envelope xmlns:soap=\"{SOAP11}\"><soap:Header>{}</soap:Header><soap:Body><soap:Fault><faultcode>soap:Server</faultcode><faultstring>x</faultstring></soap:Fault></soap:Body></soap:Envelope>",
+        control_block("F-2", &in_one_hour())
+    );
+    let upstream = Upstream::start(move |_| Reply::xml(200, fault.clone())).await;
+    let proxy = serve_in_front_of(&upstream);
+    let http = Http::default();
+    http.soap(&proxy.url("/"), &catalog_request("F-2")).await;
+    assert_eq!(
+        http.soap(&proxy.url("/"), &catalog_request("F-2"))
+            .await
+            .x_cache(),
+        "MISS"
+    );
+    assert_eq!(upstream.count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_with_credentials_are_neither_answered_from_nor_stored_in_the_cache() {
+    let upstream = Upstream::catalog().await;
+    let proxy = serve_in_front_of(&upstream);
+    let http = Http::default();
+    let url = proxy.url("/");
+
+    // Stored by an anonymous request ...
+    http.soap(&url, &catalog_request("C-1")).await;
+    // ... but never handed to a request with credentials.
+    let with_auth = http
+        .soap_with(
+            &url,
+            &catalog_request("C-1"),
+            &[("authorization", "Basic dTpw")],
+        )
+        .await;
+    assert_eq!(with_auth.x_cache(), "BYPASS");
+    assert_eq!(upstream.count(), 2);
+
+    // A credentialed answer is not stored for anyone.
+    http.soap_with(
+        &url,
+        &catalog_request("C-2"),
+        &[("authorization", "Bearer t")],
+    )
+    .await;
+    assert_eq!(
+        http.soap(&url, &catalog_request("C-2")).await.x_cache(),
+        "MISS"
+    );
+    assert_eq!(upstream.count(), 4);
+
+    // WS-Security in the SOAP header counts as credentials too.
+    let wsse = catalog_request("C-3").replace(
+        "<soap:Body>",
+        "<soap:Header><wsse:Security xmlns:wsse=\"http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd\"><wsse:UsernameToken><wsse:Username>u</wsse:Username></wsse:UsernameToken></wsse:Security></soap:Header><soap:Body>",
+    );
+    assert_eq!(http.soap(&url, &wsse).await.x_cache(), "BYPASS");
+    assert_eq!(
+        http.soap(&url, &catalog_request("C-3")).await.x_cache(),
+        "MISS"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_no_store_and_private_answers_are_not_stored() {
+    for directive in ["no-store", "private"] {
+        let upstream = Upstream::start(move |seen| {
+            Reply::xml(200, catalog_response(&part_of(&seen.body), &in_one_hour()))
+                .header("cache-control", directive)
+        })
+        .await;
+        let proxy = serve_in_front_of(&upstream);
+        let http = Http::default();
+        http.soap(&proxy.url("/"), &catalog_request("N-1")).await;
+        let again = http.soap(&proxy.url("/"), &catalog_request("N-1")).await;
+        assert_eq!(again.x_cache(), "MISS", "{directive}");
+        assert_eq!(upstream.count(), 2, "{directive}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requester_no_cache_refreshes_and_no_store_bypasses() {
+    let upstream = Upstream::catalog().await;
+    let proxy = serve_in_front_of(&upstream);
+    let http = Http::default();
+    let url = proxy.url("/");
+    http.soap(&url, &catalog_request("R-1")).await;
+
+    let refreshed = http
+        .soap_with(
+            &url,
+            &catalog_request("R-1"),
+            &[("cache-control", "no-cache")],
+        )
+        .await;
+    assert_eq!(refreshed.x_cache(), "MISS");
+    assert_eq!(upstream.count(), 2);
+    assert_eq!(
+        http.soap(&url, &catalog_request("R-1")).await.x_cache(),
+        "HIT"
+    );
+
+    let bypass = http
+        .soap_with(
+            &url,
+            &catalog_request("R-2"),
+            &[("cache-control", "no-store")],
+        )
+        .await;
+    assert_eq!(bypass.x_cache(), "BYPASS");
+    assert_eq!(
+        http.soap(&url, &catalog_request("R-2")).await.x_cache(),
+        "MISS",
+        "no-store stored nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn blocks_addressed_to_another_role_are_left_alone() {
+    let upstream = Upstream::start(|seen| {
+        let body = catalog_response(&part_of(&seen.body), &in_one_hour()).replace(
+            "<ca:CacheControl ",
+            "<ca:CacheControl soap:actor=\"urn:some-other-node\" ",
+        );
+        Reply::xml(200, body)
+    })
+    .await;
+    let proxy = serve_in_front_of(&upstream);
+    let http = Http::default();
+    let first = http.soap(&proxy.url("/"), &catalog_request("A-1")).await;
+    assert!(
+        first.text().contains("urn:some-other-node"),
+        "not ours to strip"
+    );
+    assert_eq!(upstream.last_sent(), first.body);
+    assert_eq!(
+        http.soap(&proxy.url("/"), &catalog_request("A-1"))
+            .await
+            .x_cache(),
+        "MISS"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn soap_1_2_is_cached_and_its_faults_are_1_2() {
+    let upstream = Upstream::start(|seen| {
+        let part = part_of(&seen.body);
+        let body = format!(
+            "<env:Envelope xmlns:env=\"{SOAP12}\"><env:Header>{}</env:Header><env:Body><c:P xmlns:c=\"{CATALOG}\">{part}</c:P></env:Body></env:Envelope>",
+            control_block(&part, &in_one_hour())
+        );
+        Reply::xml(200, body).header("content-type", "application/soap+xml; charset=utf-8")
+    })
+    .await;
+    let proxy = serve_in_front_of(&upstream);
+    let http = Http::default();
+    let ct = [(
+        "content-type",
+        "application/soap+xml; charset=utf-8; action=\"urn:price\"",
+    )];
+    let first = http
+        .send("POST", &proxy.url("/"), &ct, soap12_request("S-1"))
+        .await;
+    assert_eq!(first.x_cache(), "MISS");
+    let second = http
+        .send("POST", &proxy.url("/"), &ct, soap12_request("S-1"))
+        .await;
+    assert_eq!(second.x_cache(), "HIT");
+    assert_eq!(upstream.count(), 1);
+
+    let broken = http
+        .send(
+            "POST",
+            &proxy.url("/"),
+            &ct,
+            soap12_request("S-1").replace("</env:Body>", ""),
+        )
+        .await;
+    assert_eq!(broken.status, 400);
+    assert!(broken.text().contains("env:Sender"), "{}", broken.text());
+    assert!(broken
+        .header("content-type")
+        .unwrap()
+        .starts_with("application/soap+xml"));
+    assert_eq!(upstream.count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_2001_draft_envelope_is_accepted() {
+    let upstream = Upstream::catalog().await;
+    let proxy = serve_in_front_of(&upstream);
+    let http = Http::default();
+    let draft = soap12_request("D-1").replace(SOAP12, "http://www.w3.org/2001/12/soap-envelope");
+    let answer = http.soap(&proxy.url("/"), &draft).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.x_cache(), "MISS");
+    assert_eq!(upstream.count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn purging_a_key_makes_the_next_request_a_miss() {
+    let upstream = Upstream::catalog().await;
+    let proxy = serve_in_front_of(&upstream);
+    let http = Http::default();
+    http.soap(&proxy.url("/"), &catalog_request("K-1")).await;
+    http.soap(&proxy.url("/"), &catalog_request_reformatted("K-1"))
+        .await;
+    http.soap(&proxy.url("/"), &catalog_request("K-2")).await;
+    assert_eq!(upstream.count(), 2);
+
+    let purged = http
+        .admin("DELETE", &proxy.admin_url("/cache?key=K-1"))
+        .await;
+    assert_eq!(purged.status, 200);
+    assert_eq!(json(&purged)["purged"], 1);
+    assert_eq!(
+        http.soap(&proxy.url("/"), &catalog_request_reformatted("K-1"))
+            .await
+            .x_cache(),
+        "MISS"
+    );
+    assert_eq!(
+        http.soap(&proxy.url("/"), &catalog_request("K-2"))
+            .await
+            .x_cache(),
+        "HIT"
+    );
+
+    let flushed = http.admin("DELETE", &proxy.admin_url("/cache")).await;
+    assert_eq!(json(&flushed)["purged"], 2);
+    assert_eq!(
+        http.soap(&proxy.url("/"), &catalog_request("K-2"))
+            .await
+            .x_cache(),
+        "MISS"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_identical_misses_send_one_request_upstream() {
+    let upstream = Upstream::start(|seen| {
+        Reply::xml(200, catalog_response(&part_of(&seen.body), &in_one_hour()))
+            .after(Duration::from_millis(400))
+    })
+    .await;
+    let proxy = serve_in_front_of(&upstream);
+    let http = Http::default();
+    let url = proxy.url("/");
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let (http, url) = (http.clone(), url.clone());
+            tokio::spawn(async move { http.soap(&url, &catalog_request("HOT-1")).await })
+        })
+        .collect();
+    let mut bodies = Vec::new();
+    for task in tasks {
+        let answer = task.await.unwrap();
+        assert_eq!(answer.status, 200);
+        bodies.push(answer.body);
+    }
+    assert_eq!(
+        upstream.count(),
+        1,
+        "50 concurrent misses, one upstream request"
+    );
+    assert!(bodies.windows(2).all(|w| w[0] == w[1]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_misses_whose_answer_cannot_be_shared_are_each_forwarded() {
+    // No CacheControl: not storable, so every requester gets its own answer.
+    let upstream = Upstream::start(|seen| {
+        let part = part_of(&seen.body);
+        Reply::xml(
+            200,
+            format!("<s:Envelope xmlns:s=\"{SOAP11}\"><s:Body><r>{part}</r></s:Body></s:Envelope>"),
+        )
+        .after(Duration::from_millis(200))
+    })
+    .await;
+    let proxy = serve_in_front_of(&upstream);
+    let http = Http::default();
+    let url = proxy.url("/");
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let (http, url) = (http.clone(), url.clone());
+            tokio::spawn(async move { http.soap(&url, &catalog_request("U-1")).await })
+        })
+        .collect();
+    for task in tasks {
+        let answer = task.await.unwrap();
+        assert_eq!(answer.status, 200);
+        assert!(answer.text().contains("<r>U-1</r>"));
+    }
+    assert_eq!(upstream.count(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hop_by_hop_headers_via_and_forwarded_for() {
+    let upstream = Upstream::catalog().await;
+    let proxy = serve_in_front_of(&upstream);
+    let http = Http::default();
+    let answer = http
+        .soap_with(
+            &proxy.url("/catalog?v=2"),
+            &catalog_request("H-1"),
+            &[
+                ("soapaction", "\"urn:price\""),
+                ("connection", "x-secret"),
+                ("x-secret", "1"),
+            ],
+        )
+        .await;
+    assert_eq!(answer.header("via"), Some("1.1 soapcache"));
+    let seen = &upstream.seen()[0];
+    assert_eq!(seen.path_and_query, "/catalog?v=2");
+    assert_eq!(
+        header_values(&seen.headers, "soapaction"),
+        ["\"urn:price\""]
+    );
+    assert_eq!(
+        header_values(&seen.headers, "host"),
+        [proxy.proxy.to_string()]
+    );
+    assert!(
+        seen.headers.get("x-secret").is_none(),
+        "named in Connection: hop-by-hop"
+    );
+    assert_eq!(header_values(&seen.headers, "via"), ["1.1 soapcache"]);
+    assert_eq!(
+        header_values(&seen.headers, "x-forwarded-for"),
+        ["127.0.0.1"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn get_requests_such_as_wsdl_pass_through_untouched() {
+    let upstream = Upstream::start(|seen| {
+        Reply::xml(
+            200,
+            format!("<definitions name=\"{}\"/>", seen.path_and_query),
+        )
+        .header("x-from", "upstream")
+    })
+    .await;
+    let proxy = serve_in_front_of(&upstream);
+    let http = Http::default();
+    let answer = http.send("GET", &proxy.url("/catalog?wsdl"), &[], "").await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.text(), "<definitions name=\"/catalog?wsdl\"/>");
+    assert_eq!(answer.header("x-from"), Some("upstream"));
+    assert_eq!(answer.x_cache(), "BYPASS");
+    assert_eq!(upstream.seen()[0].method, "GET");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expired_entries_are_never_served() {
+    // MaxAge of one second: fresh at once, expired two seconds later.
+    let upstream = Upstream::start(|seen| {
+        let body = catalog_response(&part_of(&seen.body), "x")
+            .replace("<ca:Expires>x</ca:Expires>", "<ca:MaxAge>1</ca:MaxAge>");
+        Reply::xml(200, body)
+    })
+    .await;
+    let proxy = serve_in_front_of(&upstream);
+    let http = Http::default();
+    let started = SystemTime::now();
+    http.soap(&proxy.url("/"), &catalog_request("E-1")).await;
+    let again = http.soap(&proxy.url("/"), &catalog_request("E-1")).await;
+    if started.elapsed().unwrap() < Duration::from_millis(900) {
+        assert_eq!(again.x_cache(), "HIT");
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        http.soap(&proxy.url("/"), &catalog_request("E-1"))
+            .await
+            .x_cache(),
+        "MISS"
+    );
+}
