@@ -5,7 +5,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -30,9 +30,17 @@ const CATALOG_NS: &str = "http://example.org/2001/06/catalog";
 /// reason a cache is put in front of it.
 const SERVICE_DELAY: Duration = Duration::from_millis(200);
 
+/// What the example service has done: how often it was called and the
+/// first body it sent, to show next to what the requester received.
+#[derive(Default)]
+struct ServiceLog {
+    calls: AtomicU64,
+    first_sent: Mutex<String>,
+}
+
 pub async fn run(args: DemoArgs) -> Result<(), String> {
-    let calls = Arc::new(AtomicU64::new(0));
-    let service_addr = start_catalog_service(calls.clone()).await?;
+    let log = Arc::new(ServiceLog::default());
+    let service_addr = start_catalog_service(log.clone()).await?;
     let service_url = format!("http://{service_addr}/catalog");
 
     let settings = Settings {
@@ -87,20 +95,18 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
             "  {}  {label:<37} {x_cache:<9} {:>8.3} ms  {}",
             i + 1,
             elapsed.as_secs_f64() * 1e3,
-            calls.load(Ordering::Relaxed)
+            log.calls.load(Ordering::Relaxed)
         );
         if x_cache == "HIT" && hit_body.is_none() {
             hit_body = Some(answer);
         }
     }
     println!();
-    println!("  The service sent (CacheControl included):");
-    println!(
-        "{}",
-        indent(&catalog_response("ABC-1234", next_eight_utc()))
-    );
+    println!("  The service sent for request 1 (CacheControl included):");
+    let first = log.first_sent.lock().map(|s| s.clone()).unwrap_or_default();
+    println!("{}", indent(&first));
     if let Some(body) = hit_body {
-        println!("  The requester received on the HIT (CacheControl stripped, every other byte as sent):");
+        println!("  The requester received on request 2, a HIT (CacheControl stripped, every other byte as sent):");
         println!("{}", indent(&body));
     }
     println!("  Try it yourself:");
@@ -192,7 +198,7 @@ fn next_eight_utc() -> String {
 }
 
 fn catalog_response(part: &str, expires: String) -> String {
-    // A price that depends on the part, so different parts differ.
+    // A price derived from the part number, so different parts differ.
     let cents: u32 = part.bytes().map(u32::from).sum::<u32>() * 7 % 10_000;
     format!(
         r#"<?xml version="1.0" encoding="UTF-8"?>
@@ -221,16 +227,16 @@ fn indent(text: &str) -> String {
 
 /// The example service: `CatalogPriceRequest(PartNumber)` answered after
 /// `SERVICE_DELAY`; anything else gets a SOAP fault.
-async fn start_catalog_service(calls: Arc<AtomicU64>) -> Result<SocketAddr, String> {
+async fn start_catalog_service(log: Arc<ServiceLog>) -> Result<SocketAddr, String> {
     let listener = TcpListener::bind(("127.0.0.1", 0))
         .await
         .map_err(|e| format!("cannot start the demo service: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let calls = calls.clone();
+            let log = log.clone();
             tokio::spawn(async move {
-                let service = service_fn(move |request| answer(request, calls.clone()));
+                let service = service_fn(move |request| answer(request, log.clone()));
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
@@ -242,9 +248,9 @@ async fn start_catalog_service(calls: Arc<AtomicU64>) -> Result<SocketAddr, Stri
 
 async fn answer(
     request: Request<Incoming>,
-    calls: Arc<AtomicU64>,
+    log: Arc<ServiceLog>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    calls.fetch_add(1, Ordering::Relaxed);
+    log.calls.fetch_add(1, Ordering::Relaxed);
     let body = request
         .into_body()
         .collect()
@@ -266,6 +272,11 @@ async fn answer(
             r#"<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body><soap:Fault><faultcode>soap:Client</faultcode><faultstring>expected a CatalogPriceRequest with a PartNumber</faultstring></soap:Fault></soap:Body></soap:Envelope>"#.to_owned(),
         ),
     };
+    if let Ok(mut first) = log.first_sent.lock() {
+        if first.is_empty() {
+            first.clone_from(&xml);
+        }
+    }
     let mut response = Response::new(Full::new(Bytes::from(xml)));
     *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or_default();
     response.headers_mut().insert(

@@ -152,9 +152,16 @@ mod tests {
             Some(at(datetime!(2026-11-26 08:00:00 UTC)))
         );
         let short = Duration::from_secs(60);
+        let noon = at(datetime!(2026-11-25 12:00:00 UTC));
         assert_eq!(
-            expires_at(None, Some(short), Some(eight), None, before),
-            Some(before + short)
+            expires_at(None, Some(short), Some(eight), None, noon),
+            Some(noon + short),
+            "a ttl ending before the daily time is kept"
+        );
+        assert_eq!(
+            expires_at(None, None, Some(eight), None, noon),
+            Some(at(datetime!(2026-11-26 08:00:00 UTC))),
+            "the daily time alone is a lifetime"
         );
     }
 }

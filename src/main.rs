@@ -12,11 +12,12 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { policies } => check(&policies),
         Command::Serve(args) => {
-            init_logging(args.log_format);
+            init_logging(args.log_format, "info");
             run(soapcache::server::serve(args))
         }
         Command::Demo(args) => {
-            init_logging(LogFormat::Text);
+            // The demo prints its own report; logs only for problems.
+            init_logging(LogFormat::Text, "warn");
             run(soapcache::demo::run(args))
         }
     }
@@ -60,9 +61,9 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
-/// `RUST_LOG` filters (default `info`); access lines use target `soapcache::access`.
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// `RUST_LOG` filters (else `default`); access lines use target `soapcache::access`.
+fn init_logging(format: LogFormat, default: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -27,7 +27,7 @@ use crate::lifetime;
 use crate::metrics::{Metrics, Outcome};
 use crate::policy::{PolicySet, Rules, Service};
 use crate::store::{Entry, LookupKey, Scope, Store};
-use crate::upstream::{self, Body, FetchedBody, Upstream, UpstreamError};
+use crate::upstream::{self, Body, FetchedBody, Upstream, UpstreamError, UpstreamTime};
 
 /// Responses are read whole up to this size (or the operation's
 /// `max_entry_size`, when larger) so their `CacheControl` can be stripped;
@@ -138,22 +138,56 @@ struct Exchange<'a> {
 /// Answers one request. Never fails: every error becomes an HTTP answer.
 pub async fn handle(
     shared: Arc<Shared>,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
     remote: SocketAddr,
 ) -> Response<Body> {
     let started = Instant::now();
+    let request_id = request_id(request.headers_mut());
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let (response, service, operation, outcome) = route_and_answer(&shared, request, remote).await;
-    let status = response.status().as_u16();
+    let (mut response, service, operation, outcome) =
+        route_and_answer(&shared, request, remote).await;
+    let upstream = response.extensions().get::<UpstreamTime>().map(|t| t.0);
+    if let Some(took) = upstream {
+        shared.metrics.upstream_duration(took);
+    }
+    let bytes = hyper::body::Body::size_hint(response.body()).exact();
     tracing::info!(
         target: "soapcache::access",
-        %method, %path, %service, operation = operation.as_deref().unwrap_or("-"),
-        result = outcome.label(), status,
-        micros = started.elapsed().as_micros() as u64,
+        request_id = request_id.to_str().unwrap_or_default(),
+        %method,
+        %path,
+        %service,
+        operation = operation.as_deref().unwrap_or("-"),
+        result = outcome.label(),
+        status = response.status().as_u16(),
+        upstream_micros = upstream.map(|t| t.as_micros() as u64),
+        total_micros = started.elapsed().as_micros() as u64,
+        bytes,
         "request"
     );
+    response.headers_mut().insert(X_REQUEST_ID, request_id);
     response
+}
+
+const X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
+
+/// The request's `X-Request-Id`, generated (and added, so that it reaches
+/// the service) when the requester sent none: process prefix + counter.
+fn request_id(headers: &mut HeaderMap) -> HeaderValue {
+    if let Some(id) = headers.get(X_REQUEST_ID) {
+        return id.clone();
+    }
+    static PREFIX: LazyLock<String> = LazyLock::new(|| {
+        let seed = format!("{}-{:?}", std::process::id(), SystemTime::now());
+        blake3::hash(seed.as_bytes()).to_hex()[..8].to_owned()
+    });
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let id = HeaderValue::from_str(&format!("{}-{n:x}", *PREFIX))
+        .unwrap_or(HeaderValue::from_static("-"));
+    headers.insert(X_REQUEST_ID, id.clone());
+    id
 }
 
 async fn route_and_answer(
@@ -376,36 +410,32 @@ async fn forward(x: &Exchange<'_>, op: Option<&OperationElement<'_>>) -> (Respon
         x.remote,
         upstream::full(x.body.clone()),
     );
-    let started = Instant::now();
     let limit = RESPONSE_BUFFER.max(usize::try_from(rules.max_entry_size).unwrap_or(usize::MAX));
     match x.shared.upstream.fetch(request, limit).await {
         Err(e) => (upstream_failure(x, &e), Outcome::Error),
-        Ok(fetched) => {
-            x.shared.metrics.upstream_duration(started.elapsed());
-            match fetched.body {
-                FetchedBody::Partial { head, rest } => (
-                    streamed(fetched.parts, head, rest, "BYPASS", "soapcache; fwd=bypass"),
-                    Outcome::Bypass,
-                ),
-                FetchedBody::Whole(bytes) => {
-                    let info = inspect_response(&bytes, &rules.roles);
-                    let stripped = info
-                        .as_ref()
-                        .map_or_else(|| bytes.clone(), |i| splice(&bytes, &i.strip));
-                    let succeeded = fetched.parts.status.is_success()
-                        && info.as_ref().is_some_and(|i| !i.is_fault);
-                    if succeeded {
-                        if let Some(op) = op {
-                            invalidate(x, op);
-                        }
+        Ok(fetched) => match fetched.body {
+            FetchedBody::Partial { head, rest } => (
+                streamed(fetched.parts, head, rest, "BYPASS", "soapcache; fwd=bypass"),
+                Outcome::Bypass,
+            ),
+            FetchedBody::Whole(bytes) => {
+                let info = inspect_response(&bytes, &rules.roles);
+                let stripped = info
+                    .as_ref()
+                    .map_or_else(|| bytes.clone(), |i| splice(&bytes, &i.strip));
+                let succeeded =
+                    fetched.parts.status.is_success() && info.as_ref().is_some_and(|i| !i.is_fault);
+                if succeeded {
+                    if let Some(op) = op {
+                        invalidate(x, op);
                     }
-                    (
-                        whole(fetched.parts, stripped, "BYPASS", "soapcache; fwd=bypass"),
-                        Outcome::Bypass,
-                    )
                 }
+                (
+                    whole(fetched.parts, stripped, "BYPASS", "soapcache; fwd=bypass"),
+                    Outcome::Bypass,
+                )
             }
-        }
+        },
     }
 }
 
@@ -446,7 +476,6 @@ async fn fetch_and_store(
         x.remote,
         upstream::full(x.body.clone()),
     );
-    let started = Instant::now();
     let limit = RESPONSE_BUFFER.max(usize::try_from(rules.max_entry_size).unwrap_or(usize::MAX));
     let fetched = match x.shared.upstream.fetch(request, limit).await {
         Ok(fetched) => fetched,
@@ -463,7 +492,6 @@ async fn fetch_and_store(
             return ((response, Outcome::Error), outcome);
         }
     };
-    x.shared.metrics.upstream_duration(started.elapsed());
     let parts = fetched.parts;
     let bytes = match fetched.body {
         FetchedBody::Whole(bytes) => bytes,
@@ -556,13 +584,12 @@ async fn pass_through(
 ) -> Response<Body> {
     let (parts, body) = request.into_parts();
     let outgoing = upstream::build_request(&parts, target, remote, upstream::stream(body));
-    let started = Instant::now();
     match shared.upstream.send_streaming(outgoing).await {
         Ok(response) => {
-            shared.metrics.upstream_duration(started.elapsed());
             let (parts, body) = response.into_parts();
             let mut response = Response::new(upstream::stream(body));
             *response.status_mut() = parts.status;
+            *response.extensions_mut() = parts.extensions;
             *response.headers_mut() = upstream::response_headers(&parts.headers);
             mark(response.headers_mut(), "BYPASS", "soapcache; fwd=method");
             response
@@ -686,6 +713,7 @@ fn whole(
 ) -> Response<Body> {
     let mut response = Response::new(upstream::full(body));
     *response.status_mut() = parts.status;
+    *response.extensions_mut() = parts.extensions;
     let mut headers = upstream::response_headers(&parts.headers);
     // The body may have changed length; hyper sets it from the body.
     headers.remove(header::CONTENT_LENGTH);
@@ -711,6 +739,7 @@ fn streamed(
     let body = BodyExt::boxed(StreamBody::new(head_frame.chain(rest_frames)));
     let mut response = Response::new(body);
     *response.status_mut() = parts.status;
+    *response.extensions_mut() = parts.extensions;
     let mut headers = upstream::response_headers(&parts.headers);
     mark(&mut headers, x_cache, cache_status);
     *response.headers_mut() = headers;

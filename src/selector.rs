@@ -349,8 +349,7 @@ impl Selector {
                     }
                     frames.push(frame);
                     let depth = frames.len();
-                    for j in frame..states.len() {
-                        let (p, i) = states[j];
+                    for &(p, i) in &states[frame..] {
                         let pu = p as usize;
                         let path = &self.paths[pu];
                         if done[pu] || capturing[pu] || (i as usize) < path.steps.len() {

@@ -41,6 +41,12 @@ pub enum UpstreamError {
     Failed(String),
 }
 
+/// How long the upstream took (to the whole body when it was read whole,
+/// to the response head when streamed). Carried in the response's
+/// extensions so that metrics and the access log can read it.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamTime(pub Duration);
+
 /// A response whose body was read up to a limit: whole, or the part read
 /// so far plus the rest still streaming.
 pub struct Fetched {
@@ -78,6 +84,7 @@ impl Upstream {
         request: Request<Body>,
         limit: usize,
     ) -> Result<Fetched, UpstreamError> {
+        let started = std::time::Instant::now();
         let exchange = async {
             let response = self.client.request(request).await.map_err(|e| {
                 if e.is_connect() {
@@ -86,13 +93,14 @@ impl Upstream {
                     UpstreamError::Failed(error_chain(&e))
                 }
             })?;
-            let (parts, mut body) = response.into_parts();
+            let (mut parts, mut body) = response.into_parts();
             let mut buffer = BytesMut::new();
             while let Some(frame) = body.frame().await {
                 let frame = frame.map_err(|e| UpstreamError::Failed(error_chain(&e)))?;
                 if let Ok(data) = frame.into_data() {
                     buffer.extend_from_slice(&data);
                     if buffer.len() > limit {
+                        parts.extensions.insert(UpstreamTime(started.elapsed()));
                         return Ok(Fetched {
                             parts,
                             body: FetchedBody::Partial {
@@ -103,6 +111,7 @@ impl Upstream {
                     }
                 }
             }
+            parts.extensions.insert(UpstreamTime(started.elapsed()));
             Ok(Fetched {
                 parts,
                 body: FetchedBody::Whole(buffer.freeze()),
@@ -119,12 +128,18 @@ impl Upstream {
         &self,
         request: Request<Body>,
     ) -> Result<Response<Incoming>, UpstreamError> {
+        let started = std::time::Instant::now();
         let send = self.client.request(request);
         match tokio::time::timeout(self.timeout, send).await {
             Err(_) => Err(UpstreamError::Timeout(self.timeout)),
             Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect(error_chain(&e))),
             Ok(Err(e)) => Err(UpstreamError::Failed(error_chain(&e))),
-            Ok(Ok(response)) => Ok(response),
+            Ok(Ok(mut response)) => {
+                response
+                    .extensions_mut()
+                    .insert(UpstreamTime(started.elapsed()));
+                Ok(response)
+            }
         }
     }
 }

@@ -537,3 +537,36 @@ async fn expired_entries_are_never_served() {
         "MISS"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn h2c_requesters_are_served_too() {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+
+    let upstream = Upstream::catalog().await;
+    let proxy = serve_in_front_of(&upstream);
+    let client: Client<_, Full<bytes::Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let mut results = Vec::new();
+    for _ in 0..2 {
+        let request = hyper::Request::post(proxy.url("/catalog"))
+            .header("content-type", "text/xml; charset=utf-8")
+            .body(Full::new(bytes::Bytes::from(catalog_request("H2-1"))))
+            .unwrap();
+        let response = client.request(request).await.expect("h2c exchange");
+        assert_eq!(response.version(), hyper::Version::HTTP_2);
+        let x_cache = response.headers()["x-cache"].to_str().unwrap().to_owned();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert!(!body.is_empty());
+        results.push(x_cache);
+    }
+    assert_eq!(results, ["MISS", "HIT"]);
+    assert_eq!(upstream.count(), 1);
+    // The upstream still gets a Host header: the h2 authority.
+    assert_eq!(
+        header_values(&upstream.seen()[0].headers, "host"),
+        [proxy.proxy.to_string()]
+    );
+}
