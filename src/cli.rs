@@ -71,6 +71,18 @@ pub struct ServeArgs {
     /// Log line format.
     #[arg(long, env = "SOAPCACHE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Add an X-Cache-Key header (the request's key, percent-encoded) to SOAP answers,
+    /// to see which key a policy selects.
+    #[arg(long, env = "SOAPCACHE_DEBUG_HEADERS")]
+    pub debug_headers: bool,
+    /// Testing aid: run the cache clock as if it were now this instant (RFC 3339).
+    #[arg(long, hide = true, env = "SOAPCACHE_FAKE_NOW", value_parser = parse_instant)]
+    pub fake_now: Option<std::time::SystemTime>,
+}
+
+fn parse_instant(text: &str) -> Result<std::time::SystemTime, String> {
+    crate::lifetime::parse_date_time(text)
+        .ok_or_else(|| format!("'{text}' is not an RFC 3339 date-time"))
 }
 
 #[derive(Debug, Clone, clap::Args)]

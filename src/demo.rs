@@ -49,6 +49,7 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         cache_size: 64 << 20,
         max_body: 1 << 20,
         upstream_timeout: Duration::from_secs(10),
+        debug_headers: false,
     };
     let listen = free_or_any(args.listen).await;
     let admin = free_or_any(args.admin).await;

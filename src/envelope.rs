@@ -208,11 +208,7 @@ pub fn parse_request(body: &[u8]) -> Result<RequestEnvelope<'_>, EnvelopeError> 
                             }
                         }
                     }
-                    3 if in_header => {
-                        if local.as_ref() == b"Security" {
-                            has_security_header = true;
-                        }
-                    }
+                    3 if in_header && local.as_ref() == b"Security" => has_security_header = true,
                     3 if in_body && operation.is_none() && operation_start.is_none() => {
                         let name = ExpandedName {
                             namespace: String::from_utf8_lossy(ns.unwrap_or_default()).into_owned(),
@@ -263,25 +259,24 @@ pub fn parse_request(body: &[u8]) -> Result<RequestEnvelope<'_>, EnvelopeError> 
                     root_done = true;
                 }
             }
-            Event::Text(ref text) => {
-                if (depth == 0 || depth == 1 || depth == 2 && in_body)
-                    && !text.iter().all(u8::is_ascii_whitespace)
-                {
-                    let at = if depth == 0 {
-                        "outside"
-                    } else {
-                        "directly inside"
-                    };
-                    let what = match depth {
-                        0 => "the root element",
-                        1 => "Envelope",
-                        _ => "Body",
-                    };
-                    return Err(EnvelopeError::new(
-                        version,
-                        format!("text {at} {what} is not allowed"),
-                    ));
-                }
+            Event::Text(ref text)
+                if (depth <= 1 || depth == 2 && in_body)
+                    && !text.iter().all(u8::is_ascii_whitespace) =>
+            {
+                let at = if depth == 0 {
+                    "outside"
+                } else {
+                    "directly inside"
+                };
+                let what = match depth {
+                    0 => "the root element",
+                    1 => "Envelope",
+                    _ => "Body",
+                };
+                return Err(EnvelopeError::new(
+                    version,
+                    format!("text {at} {what} is not allowed"),
+                ));
             }
             Event::CData(_) if depth <= 1 => {
                 return Err(EnvelopeError::new(version, "CDATA outside Body content"))

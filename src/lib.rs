@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod canonical;
 pub mod cli;
+pub mod clock;
 pub mod coalesce;
 pub mod control;
 pub mod demo;

@@ -18,7 +18,6 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode, Uri};
 
-use crate::canonical;
 use crate::coalesce::{self, Coalescer, Role, Waited};
 use crate::control::{inspect_response, splice};
 use crate::envelope::{parse_request, OperationElement, RequestEnvelope, SoapVersion};
@@ -28,6 +27,7 @@ use crate::metrics::{Metrics, Outcome};
 use crate::policy::{PolicySet, Rules, Service};
 use crate::store::{Entry, LookupKey, Scope, Store};
 use crate::upstream::{self, Body, FetchedBody, Upstream, UpstreamError, UpstreamTime};
+use crate::{canonical, clock};
 
 /// Responses are read whole up to this size (or the operation's
 /// `max_entry_size`, when larger) so their `CacheControl` can be stripped;
@@ -46,6 +46,8 @@ pub struct Settings {
     pub cache_size: u64,
     pub max_body: u64,
     pub upstream_timeout: Duration,
+    /// Add `X-Cache-Key` (the request's selector value) to SOAP answers.
+    pub debug_headers: bool,
 }
 
 /// State shared by every connection: the policy set (swapped whole on
@@ -309,11 +311,30 @@ async fn answer_soap(
     let Some(lookup) = lookup_key(x, op, rules) else {
         return forward(x, Some(op)).await;
     };
-    let now = SystemTime::now();
-    let cached = x.shared.store.lookup(&lookup);
+    let (mut response, outcome) = answer_by_key(x, op, rules, &lookup, requester).await;
+    if x.shared.settings.debug_headers {
+        // Percent-encoded: a key may hold any character, a header may not.
+        let key: String = form_urlencoded::byte_serialize(lookup.selector.as_bytes()).collect();
+        if let Ok(value) = HeaderValue::from_str(&key) {
+            response.headers_mut().insert("x-cache-key", value);
+        }
+    }
+    (response, outcome)
+}
+
+/// Hit, coalesced wait or fetch, for a request that has a lookup key.
+async fn answer_by_key(
+    x: &Exchange<'_>,
+    op: &OperationElement<'_>,
+    rules: &Rules,
+    lookup: &LookupKey,
+    requester: Directives,
+) -> (Response<Body>, Outcome) {
+    let now = clock::now();
+    let cached = x.shared.store.lookup(lookup);
     if requester.no_cache {
         // Forward, and let the answer refresh the entry.
-        return fetch_and_store(x, op, rules, &lookup, cached).await.0;
+        return fetch_and_store(x, op, rules, lookup, cached).await.0;
     }
     if let Some(entry) = cached.as_ref().filter(|e| e.is_fresh(now)) {
         return (
@@ -322,9 +343,9 @@ async fn answer_soap(
         );
     }
 
-    match x.shared.flights.join(&lookup) {
+    match x.shared.flights.join(lookup) {
         Role::Leader(flight) => {
-            let (answer, outcome) = fetch_and_store(x, op, rules, &lookup, cached).await;
+            let (answer, outcome) = fetch_and_store(x, op, rules, lookup, cached).await;
             flight.finish(outcome);
             answer
         }
@@ -335,7 +356,7 @@ async fn answer_soap(
                 Waited::Done(coalesce::Outcome::Stored(entry)) => (
                     cached_response(
                         &entry,
-                        SystemTime::now(),
+                        clock::now(),
                         "HIT",
                         "soapcache; hit; detail=coalesced",
                     ),
@@ -347,7 +368,7 @@ async fn answer_soap(
                     (fault_response(&fault), Outcome::Error)
                 }
                 // Not shareable, leader gone or too slow: fetch our own.
-                _ => fetch_and_store(x, op, rules, &lookup, cached).await.0,
+                _ => fetch_and_store(x, op, rules, lookup, cached).await.0,
             }
         }
     }
@@ -512,7 +533,7 @@ async fn fetch_and_store(
         .map_or_else(|| bytes.clone(), |i| splice(&bytes, &i.strip));
 
     // SPEC §4: what may be stored, and under which CacheKey until when.
-    let now = SystemTime::now();
+    let now = clock::now();
     let control = info
         .as_ref()
         .and_then(|i| i.control.as_ref())
@@ -560,7 +581,7 @@ async fn fetch_and_store(
 }
 
 fn serve_stale(stale: Option<&Arc<Entry>>) -> Option<(Response<Body>, Outcome)> {
-    let now = SystemTime::now();
+    let now = clock::now();
     let entry = stale.filter(|e| e.is_usable_stale(now))?;
     Some((
         cached_response(entry, now, "STALE", "soapcache; hit; fwd=stale"),

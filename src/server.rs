@@ -121,7 +121,12 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         cache_size: args.cache_size,
         max_body: args.max_body,
         upstream_timeout: args.upstream_timeout,
+        debug_headers: args.debug_headers,
     };
+    if let Some(fake) = args.fake_now {
+        crate::clock::pretend_now_is(fake);
+        tracing::warn!("the cache clock is shifted (--fake-now): for tests only");
+    }
     let running = start(
         settings,
         policies,

@@ -124,7 +124,9 @@ impl Expiry<LookupKey, Link> for UntilStale {
 }
 
 fn remaining(until: SystemTime) -> Duration {
-    until.duration_since(SystemTime::now()).unwrap_or_default()
+    until
+        .duration_since(crate::clock::now())
+        .unwrap_or_default()
 }
 
 #[derive(Debug, Clone)]
