@@ -68,6 +68,15 @@ pub struct ServeArgs {
     /// Time allowed for the upstream to answer (headers and body).
     #[arg(long, env = "SOAPCACHE_UPSTREAM_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub upstream_timeout: Duration,
+    /// PEM certificate chain: serve the proxy port over TLS (with --tls-key).
+    #[arg(long, env = "SOAPCACHE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "SOAPCACHE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s) trusted for https:// upstreams, besides the system roots.
+    #[arg(long, env = "SOAPCACHE_UPSTREAM_CA")]
+    pub upstream_ca: Option<PathBuf>,
     /// Log line format.
     #[arg(long, env = "SOAPCACHE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,

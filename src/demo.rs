@@ -50,10 +50,12 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         max_body: 1 << 20,
         upstream_timeout: Duration::from_secs(10),
         debug_headers: false,
+        upstream_ca: None,
     };
     let listen = free_or_any(args.listen).await;
     let admin = free_or_any(args.admin).await;
-    let running = crate::server::start(settings, PolicySet::empty(), listen, admin, None).await?;
+    let running =
+        crate::server::start(settings, PolicySet::empty(), listen, admin, None, None).await?;
     let proxy_url = format!("http://{}/catalog", running.proxy_addr);
 
     println!();

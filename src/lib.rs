@@ -25,5 +25,6 @@ pub mod selector;
 pub mod server;
 pub mod shutdown;
 pub mod store;
+pub mod tls;
 pub mod units;
 pub mod upstream;

@@ -13,6 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 use crate::shutdown::Shutdown;
 use crate::upstream::Body;
@@ -22,9 +23,18 @@ pub const DRAIN_GRACE: Duration = Duration::from_secs(30);
 /// A client must send its request head within this time (slowloris guard).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Serves `handler` on `listener` until `shutdown`, then drains.
-pub async fn serve<H, F>(name: &'static str, listener: TcpListener, handler: H, shutdown: Shutdown)
-where
+/// A TLS handshake must complete within this time.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves `handler` on `listener` (over TLS when `tls` is given) until
+/// `shutdown`, then drains.
+pub async fn serve<H, F>(
+    name: &'static str,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    handler: H,
+    shutdown: Shutdown,
+) where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
@@ -55,12 +65,35 @@ where
             let response = handler(request, remote);
             async move { Ok::<_, std::convert::Infallible>(response.await) }
         });
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let Some(acceptor) = &tls else {
+            let connection = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
+            let connection = graceful.watch(connection);
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!("{name}: connection from {remote} ended: {e}");
+                }
+            });
+            continue;
+        };
+        // The handshake runs on the connection's own task, so a slow client
+        // never holds up accepting.
+        let (acceptor, builder, watcher) = (acceptor.clone(), builder.clone(), graceful.watcher());
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                .await
+            {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    return tracing::debug!("{name}: TLS handshake with {remote} failed: {e}")
+                }
+                Err(_) => return tracing::debug!("{name}: TLS handshake with {remote} timed out"),
+            };
+            let connection = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
+            if let Err(e) = watcher.watch(connection).await {
                 tracing::debug!("{name}: connection from {remote} ended: {e}");
             }
         });

@@ -48,6 +48,8 @@ pub struct Settings {
     pub upstream_timeout: Duration,
     /// Add `X-Cache-Key` (the request's selector value) to SOAP answers.
     pub debug_headers: bool,
+    /// A private CA for `https://` upstreams, besides the system roots.
+    pub upstream_ca: Option<std::path::PathBuf>,
 }
 
 /// State shared by every connection: the policy set (swapped whole on
@@ -62,15 +64,16 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(settings: Settings, policies: PolicySet) -> Arc<Shared> {
-        Arc::new(Shared {
+    pub fn new(settings: Settings, policies: PolicySet) -> Result<Arc<Shared>, String> {
+        let tls = crate::tls::client_config(settings.upstream_ca.as_deref())?;
+        Ok(Arc::new(Shared {
             policies: ArcSwap::from_pointee(policies),
             store: Store::new(settings.cache_size),
             metrics: Metrics::new(),
             flights: Coalescer::default(),
-            upstream: Upstream::new(settings.upstream_timeout),
+            upstream: Upstream::new(settings.upstream_timeout, tls),
             settings,
-        })
+        }))
     }
 
     /// Loads the policy set again and swaps it in whole; on any error the

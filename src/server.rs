@@ -37,6 +37,7 @@ pub async fn start(
     listen: SocketAddr,
     admin: SocketAddr,
     admin_token: Option<&str>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) -> Result<Running, String> {
     if listen == admin && listen.port() != 0 {
         return Err(format!("--admin ({admin}) must differ from --listen: the admin API never shares the proxy port"));
@@ -46,15 +47,17 @@ pub async fn start(
     let proxy_addr = proxy_listener.local_addr().map_err(|e| e.to_string())?;
     let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
 
-    let shared = Shared::new(settings, policies);
+    let shared = Shared::new(settings, policies)?;
     let shutdown = Shutdown::default();
     let mut tasks = JoinSet::new();
 
     let proxy_state = shared.clone();
     let handler = move |request, remote| proxy::handle(proxy_state.clone(), request, remote);
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     tasks.spawn(listener::serve(
         "proxy",
         proxy_listener,
+        tls,
         handler,
         shutdown.clone(),
     ));
@@ -67,6 +70,7 @@ pub async fn start(
     tasks.spawn(listener::serve(
         "admin",
         admin_listener,
+        None,
         handler,
         shutdown.clone(),
     ));
@@ -109,12 +113,17 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         return Err("nothing to proxy: give --upstream URL and/or --policies PATH".into());
     }
     if let Some(upstream) = &args.upstream {
-        if !matches!(upstream.scheme_str(), Some("http")) || upstream.host().is_none() {
+        if !matches!(upstream.scheme_str(), Some("http" | "https")) || upstream.host().is_none() {
             return Err(format!(
-                "--upstream {upstream}: an http://host[:port][/path] URL is required"
+                "--upstream {upstream}: an http:// or https://host[:port][/path] URL is required"
             ));
         }
     }
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key)?),
+        (None, None) => None,
+        _ => return Err("--tls-cert and --tls-key go together".into()),
+    };
     let settings = Settings {
         default_upstream: args.upstream.clone(),
         policy_path: args.policies.clone(),
@@ -122,6 +131,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         max_body: args.max_body,
         upstream_timeout: args.upstream_timeout,
         debug_headers: args.debug_headers,
+        upstream_ca: args.upstream_ca.clone(),
     };
     if let Some(fake) = args.fake_now {
         crate::clock::pretend_now_is(fake);
@@ -133,6 +143,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         args.listen,
         args.admin,
         args.admin_token.as_deref(),
+        tls,
     )
     .await?;
     for line in running.shared.policies.load().summary() {
