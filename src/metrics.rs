@@ -70,6 +70,8 @@ pub struct Metrics {
     coalesced: Counter,
     upstream_errors: Counter,
     reloads: Counter,
+    resident_bytes: Gauge,
+    open_fds: Gauge,
     operation_labels: RwLock<HashSet<String>>,
     per_service: RwLock<HashMap<String, Arc<ServiceCounts>>>,
 }
@@ -131,6 +133,37 @@ impl Metrics {
             "Successful policy reloads",
             reloads.clone(),
         );
+        // Process figures under the names Prometheus client libraries use.
+        let resident_bytes = Gauge::default();
+        let open_fds = Gauge::default();
+        let start_time: Gauge = Gauge::default();
+        registry.register(
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes",
+            resident_bytes.clone(),
+        );
+        registry.register(
+            "process_open_fds",
+            "Open file descriptors",
+            open_fds.clone(),
+        );
+        registry.register(
+            "process_start_time_seconds",
+            "Start time of the process since the Unix epoch, in seconds",
+            start_time.clone(),
+        );
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        start_time.set(i64::try_from(started.as_secs()).unwrap_or(0));
+        registry.register(
+            "soapcache_build",
+            "soapcache build information",
+            prometheus_client::metrics::info::Info::new(vec![(
+                "version",
+                env!("CARGO_PKG_VERSION"),
+            )]),
+        );
         Metrics {
             registry: Mutex::new(registry),
             requests,
@@ -141,6 +174,8 @@ impl Metrics {
             coalesced,
             upstream_errors,
             reloads,
+            resident_bytes,
+            open_fds,
             operation_labels: RwLock::new(HashSet::new()),
             per_service: RwLock::new(HashMap::new()),
         }
@@ -232,6 +267,13 @@ impl Metrics {
             .set(i64::try_from(store.entry_count()).unwrap_or(i64::MAX));
         self.bytes
             .set(i64::try_from(store.weighted_bytes()).unwrap_or(i64::MAX));
+        if let Some(rss) = resident_bytes() {
+            self.resident_bytes.set(rss);
+        }
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            self.open_fds
+                .set(i64::try_from(fds.count()).unwrap_or(i64::MAX));
+        }
         let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
         // Counters only go up: add what the store counted since last time.
         let evicted = store.evictions();
@@ -283,6 +325,14 @@ impl Metrics {
             "services": services,
         })
     }
+}
+
+/// VmRSS from /proc (Linux); `None` elsewhere.
+fn resident_bytes() -> Option<i64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: i64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 fn ratio(hits: u64, misses: u64) -> f64 {

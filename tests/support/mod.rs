@@ -283,12 +283,16 @@ impl Soapcache {
                         logs.lock().unwrap()
                     )
                 });
-            if let Some(addr) = line.split("proxy listening on ").nth(1) {
-                proxy = Some(addr.trim().parse().unwrap());
-            }
-            if let Some(addr) = line.split("admin listening on ").nth(1) {
-                admin = Some(addr.trim().parse().unwrap());
-            }
+            // Text or JSON log lines: the address is what follows, up to a quote.
+            let address = |marker: &str| {
+                let rest = line.split(marker).nth(1)?;
+                let end = rest
+                    .find(|c: char| c == '"' || c.is_whitespace())
+                    .unwrap_or(rest.len());
+                rest[..end].parse::<SocketAddr>().ok()
+            };
+            proxy = proxy.or_else(|| address("proxy listening on "));
+            admin = admin.or_else(|| address("admin listening on "));
         }
         Soapcache {
             child,

@@ -1,0 +1,196 @@
+//! What an operator sees: metrics that match the traffic, /stats, the
+//! per-request log line (text and JSON), request ids (SPEC §8).
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use support::*;
+
+/// Parses the Prometheus/OpenMetrics text strictly: every line is a
+/// comment or `name{labels} value`, and every value a number.
+fn parse_metrics(text: &str) -> HashMap<String, f64> {
+    let mut samples = HashMap::new();
+    for line in text.lines() {
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad sample line: {line}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in: {line}"));
+        let name_ok = series.split('{').next().is_some_and(|n| {
+            !n.is_empty()
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+        });
+        assert!(name_ok, "bad metric name in: {line}");
+        if let Some(labels) = series.split_once('{').map(|(_, l)| l) {
+            assert!(labels.ends_with('}'), "unterminated labels in: {line}");
+        }
+        samples.insert(series.to_owned(), value);
+    }
+    assert!(
+        text.trim_end().ends_with("# EOF"),
+        "OpenMetrics text ends with # EOF"
+    );
+    samples
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_exactly_the_requests_made() {
+    let upstream = Upstream::catalog().await;
+    let dead = Upstream::catalog().await;
+    dead.stop();
+    let proxy = Soapcache::serve(&["--upstream", &upstream.url()]);
+    let http = Http::default();
+    for part in ["M-1", "M-2"] {
+        http.soap(&proxy.url("/"), &catalog_request(part)).await;
+    }
+    for _ in 0..3 {
+        http.soap(&proxy.url("/"), &catalog_request("M-1")).await;
+    }
+    http.soap_with(
+        &proxy.url("/"),
+        &catalog_request("M-1"),
+        &[("authorization", "Bearer x")],
+    )
+    .await;
+    http.soap(&proxy.url("/"), "<broken").await;
+
+    let answer = http.admin("GET", &proxy.admin_url("/metrics")).await;
+    assert_eq!(answer.status, 200);
+    assert!(answer
+        .header("content-type")
+        .unwrap()
+        .contains("openmetrics-text"));
+    let m = parse_metrics(&answer.text());
+    let requests = |result: &str, op: &str| {
+        m.get(&format!(
+            "soapcache_requests_total{{service=\"default\",operation=\"{op}\",result=\"{result}\"}}"
+        ))
+        .copied()
+        .unwrap_or(0.0)
+    };
+    assert_eq!(requests("miss", "CatalogPriceRequest"), 2.0);
+    assert_eq!(requests("hit", "CatalogPriceRequest"), 3.0);
+    assert_eq!(requests("bypass", "CatalogPriceRequest"), 1.0);
+    assert_eq!(requests("error", "none"), 1.0);
+    assert_eq!(m["soapcache_cache_entries"], 2.0);
+    assert!(m["soapcache_cache_bytes"] > 0.0);
+    assert_eq!(m["soapcache_upstream_request_duration_seconds_count"], 3.0);
+    assert_eq!(m["soapcache_evictions_total"], 0.0);
+    assert_eq!(m["soapcache_coalesced_requests_total"], 0.0);
+    assert_eq!(m["soapcache_upstream_errors_total"], 0.0);
+    assert!(m["process_resident_memory_bytes"] > 1e6);
+    assert!(m["process_open_fds"] > 0.0);
+    assert_eq!(
+        m[&format!(
+            "soapcache_build_info{{version=\"{}\"}}",
+            env!("CARGO_PKG_VERSION")
+        )],
+        1.0
+    );
+
+    let stats = json(&http.admin("GET", &proxy.admin_url("/stats")).await);
+    assert_eq!(stats["entries"], 2);
+    assert_eq!(stats["hits"], 3);
+    assert_eq!(stats["misses"], 2);
+    assert_eq!(stats["hit_ratio"], 0.6);
+    assert_eq!(stats["services"]["default"]["hits"], 3);
+    assert_eq!(stats["services"]["default"]["entries"], 2);
+    assert!(stats["bytes"].as_u64().unwrap() > 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_errors_are_counted() {
+    let upstream = Upstream::catalog().await;
+    upstream.stop();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let proxy = Soapcache::serve(&["--upstream", &upstream.url()]);
+    let http = Http::default();
+    assert_eq!(
+        http.soap(&proxy.url("/"), &catalog_request("E"))
+            .await
+            .status,
+        502
+    );
+    let m = parse_metrics(&http.admin("GET", &proxy.admin_url("/metrics")).await.text());
+    assert_eq!(m["soapcache_upstream_errors_total"], 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_request_is_one_json_log_line_with_its_fields() {
+    let upstream = Upstream::catalog().await;
+    let proxy = Soapcache::serve(&["--upstream", &upstream.url(), "--log-format", "json"]);
+    let http = Http::default();
+    http.soap_with(
+        &proxy.url("/catalog"),
+        &catalog_request("L-1"),
+        &[("x-request-id", "req-42")],
+    )
+    .await;
+    let hit = http
+        .soap(&proxy.url("/catalog"), &catalog_request("L-1"))
+        .await;
+    let generated = hit
+        .header("x-request-id")
+        .expect("a generated request id")
+        .to_owned();
+
+    let mut lines = Vec::new();
+    for _ in 0..100 {
+        lines = proxy
+            .logs()
+            .into_iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
+            .filter(|l| l["target"] == "soapcache::access")
+            .collect();
+        if lines.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(lines.len(), 2, "{:?}", proxy.logs());
+    let miss = &lines[0];
+    assert_eq!(miss["request_id"], "req-42");
+    assert_eq!(miss["method"], "POST");
+    assert_eq!(miss["path"], "/catalog");
+    assert_eq!(miss["service"], "default");
+    assert_eq!(miss["operation"], "CatalogPriceRequest");
+    assert_eq!(miss["result"], "miss");
+    assert_eq!(miss["status"], 200);
+    assert!(miss["upstream_micros"].as_u64().is_some());
+    assert!(miss["total_micros"].as_u64().unwrap() >= miss["upstream_micros"].as_u64().unwrap());
+    assert!(miss["bytes"].as_u64().unwrap() > 100);
+    let hit_line = &lines[1];
+    assert_eq!(hit_line["result"], "hit");
+    assert_eq!(hit_line["request_id"], generated.as_str());
+    assert!(hit_line.get("upstream_micros").is_none_or(|v| v.is_null()));
+
+    // The id reached the service.
+    assert_eq!(
+        header_values(&upstream.seen()[0].headers, "x-request-id"),
+        ["req-42"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn generated_request_ids_are_unique_and_forwarded() {
+    let upstream = Upstream::start(|_| Reply::xml(200, "<not-cached/>")).await;
+    let proxy = Soapcache::serve(&["--upstream", &upstream.url()]);
+    let http = Http::default();
+    let a = http.soap(&proxy.url("/"), &catalog_request("I-1")).await;
+    let b = http.soap(&proxy.url("/"), &catalog_request("I-1")).await;
+    let (a, b) = (
+        a.header("x-request-id").unwrap().to_owned(),
+        b.header("x-request-id").unwrap().to_owned(),
+    );
+    assert_ne!(a, b);
+    let seen = upstream.seen();
+    assert_eq!(header_values(&seen[0].headers, "x-request-id"), [a]);
+    assert_eq!(header_values(&seen[1].headers, "x-request-id"), [b]);
+}
