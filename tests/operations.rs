@@ -194,3 +194,40 @@ async fn generated_request_ids_are_unique_and_forwarded() {
     assert_eq!(header_values(&seen[0].headers, "x-request-id"), [a]);
     assert_eq!(header_values(&seen[1].headers, "x-request-id"), [b]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_through_the_admin_api_shows_in_metrics() {
+    let upstream = Upstream::catalog().await;
+    let dir = std::env::temp_dir().join(format!("soapcache-ops-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let policy = dir.join("svc.toml");
+    let write = |route: &str| {
+        let text = format!(
+            "[service]\nname = \"svc\"\nroute = \"{route}\"\nupstream = \"{}\"\n",
+            upstream.url()
+        );
+        std::fs::write(&policy, text).unwrap();
+    };
+    write("/svc");
+    let proxy = Soapcache::serve(&["--policies", policy.to_str().unwrap(), "--admin-token", "t"]);
+    let http = Http::default();
+    let auth = [("authorization", "Bearer t")];
+    let metrics = |text: String| parse_metrics(&text);
+
+    write("/other");
+    let reload = http.send("POST", &proxy.admin_url("/reload"), &auth, "").await;
+    assert_eq!(reload.status, 200, "{}", reload.text());
+    let m = metrics(http.send("GET", &proxy.admin_url("/metrics"), &auth, "").await.text());
+    assert_eq!(m["soapcache_policy_reloads_total"], 1.0);
+
+    std::fs::write(&policy, "[service]\nname = 1\n").unwrap();
+    let refused = http.send("POST", &proxy.admin_url("/reload"), &auth, "").await;
+    assert_eq!(refused.status, 422);
+    assert!(json(&refused)["errors"][0].as_str().unwrap().contains("svc.toml:2"), "{}", refused.text());
+    let m = metrics(http.send("GET", &proxy.admin_url("/metrics"), &auth, "").await.text());
+    assert_eq!(m["soapcache_policy_reloads_total"], 1.0, "a refused reload is not counted");
+    // The running set is the reloaded one: /other routes to the service.
+    let answer = http.soap(&proxy.url("/other"), &catalog_request("R")).await;
+    assert_eq!(answer.status, 200);
+    let _ = std::fs::remove_dir_all(&dir);
+}
