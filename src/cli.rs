@@ -68,6 +68,12 @@ pub struct ServeArgs {
     /// Time allowed for the upstream to answer (headers and body).
     #[arg(long, env = "SOAPCACHE_UPSTREAM_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub upstream_timeout: Duration,
+    /// Time a client has to send a request head and body; slower clients are cut off.
+    #[arg(long, env = "SOAPCACHE_CLIENT_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub client_timeout: Duration,
+    /// Proxy connections open at once; past it new connections get 503.
+    #[arg(long, env = "SOAPCACHE_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
     /// PEM certificate chain: serve the proxy port over TLS (with --tls-key).
     #[arg(long, env = "SOAPCACHE_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,

@@ -42,13 +42,19 @@ pub enum Waited {
 
 pub enum Role<K: Eq + Hash + Clone> {
     Leader(Flight<K>),
-    Follower(watch::Receiver<Outcome>),
+    Follower(Waiter),
+    /// `MAX_WAITERS` already wait for this flight: refuse rather than queue
+    /// without bound behind a slow service.
+    Overloaded,
 }
+
+/// Followers one flight may have.
+pub const MAX_WAITERS: usize = 4096;
 
 /// The table of flights in progress. A `std::sync::Mutex` because it is
 /// held only to insert or remove one map entry, never across an `.await`.
 pub struct Coalescer<K> {
-    flights: Arc<Mutex<HashMap<K, watch::Receiver<Outcome>>>>,
+    flights: Arc<Mutex<HashMap<K, (watch::Receiver<Outcome>, Arc<()>)>>>,
 }
 
 impl<K> Clone for Coalescer<K> {
@@ -71,11 +77,18 @@ impl<K: Eq + Hash + Clone> Coalescer<K> {
     /// Become the leader for `key`, or follow the flight already under way.
     pub fn join(&self, key: &K) -> Role<K> {
         let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(rx) = flights.get(key) {
-            return Role::Follower(rx.clone());
+        if let Some((rx, slots)) = flights.get(key) {
+            // The table holds one `slots` reference, each waiter another.
+            if Arc::strong_count(slots) > MAX_WAITERS {
+                return Role::Overloaded;
+            }
+            return Role::Follower(Waiter {
+                rx: rx.clone(),
+                _slot: slots.clone(),
+            });
         }
         let (tx, rx) = watch::channel(Outcome::Waiting);
-        flights.insert(key.clone(), rx);
+        flights.insert(key.clone(), (rx, Arc::new(())));
         Role::Leader(Flight {
             key: Some(key.clone()),
             tx,
@@ -89,8 +102,16 @@ impl<K: Eq + Hash + Clone> Coalescer<K> {
     }
 }
 
+/// A follower's place in a flight: its view of the outcome, and a slot that
+/// counts it against `MAX_WAITERS` until it stops waiting.
+pub struct Waiter {
+    rx: watch::Receiver<Outcome>,
+    _slot: Arc<()>,
+}
+
 /// Waits for the leader's outcome, at most `patience`.
-pub async fn wait(mut rx: watch::Receiver<Outcome>, patience: Duration) -> Waited {
+pub async fn wait(waiter: Waiter, patience: Duration) -> Waited {
+    let Waiter { mut rx, _slot } = waiter;
     let done =
         tokio::time::timeout(patience, rx.wait_for(|o| !matches!(o, Outcome::Waiting))).await;
     match done {
@@ -106,7 +127,7 @@ pub async fn wait(mut rx: watch::Receiver<Outcome>, patience: Duration) -> Waite
 pub struct Flight<K: Eq + Hash + Clone> {
     key: Option<K>,
     tx: watch::Sender<Outcome>,
-    flights: Arc<Mutex<HashMap<K, watch::Receiver<Outcome>>>>,
+    flights: Arc<Mutex<HashMap<K, (watch::Receiver<Outcome>, Arc<()>)>>>,
 }
 
 impl<K: Eq + Hash + Clone> Flight<K> {
@@ -185,5 +206,26 @@ mod tests {
             wait(rx, Duration::from_millis(20)).await,
             Waited::TimedOut
         ));
+    }
+
+    #[tokio::test]
+    async fn waiters_past_the_bound_are_refused_and_slots_free_up() {
+        let c: Coalescer<u32> = Coalescer::default();
+        let _leader = c.join(&1);
+        let mut waiters: Vec<Waiter> = (0..MAX_WAITERS - 1)
+            .map(|_| match c.join(&1) {
+                Role::Follower(w) => w,
+                _ => panic!("room for MAX_WAITERS followers"),
+            })
+            .collect();
+        let Role::Follower(last) = c.join(&1) else {
+            panic!("the last slot")
+        };
+        assert!(matches!(c.join(&1), Role::Overloaded));
+        drop(last);
+        let Role::Follower(again) = c.join(&1) else {
+            panic!("a freed slot is usable")
+        };
+        waiters.push(again);
     }
 }

@@ -112,13 +112,14 @@ fn is_addressed_to_us(block: &roxmltree::Node<'_, '_>, env_ns: &str, roles: &[St
     let role = block
         .attribute((env_ns, "role"))
         .or_else(|| block.attribute((env_ns, "actor")));
-    match role {
-        None => true,
-        Some(role) => {
-            let role = role.trim();
-            NEXT_ROLES.contains(&role) || roles.iter().any(|r| r == role)
-        }
-    }
+    role_is_ours(role, roles)
+}
+
+fn role_is_ours(role: Option<&str>, roles: &[String]) -> bool {
+    role.is_none_or(|role| {
+        let role = role.trim();
+        NEXT_ROLES.contains(&role) || roles.iter().any(|r| r == role)
+    })
 }
 
 /// The string-value of an element: all its descendant text, trimmed.
@@ -128,6 +129,80 @@ fn text_of(node: &roxmltree::Node<'_, '_>) -> String {
         out.push_str(d.text().unwrap_or_default());
     }
     out.trim().to_owned()
+}
+
+/// The addressed `CacheControl` blocks of a response known only by its
+/// first bytes (a large answer that streams through): a streaming scan of
+/// the envelope's `Header`, which precedes `Body`. Empty when `Body` does not
+/// start within `head` or the head is not a SOAP envelope, so a block is
+/// cut only when the scan is certain of it.
+pub fn addressed_blocks_in_head(head: &[u8], roles: &[String]) -> Vec<Range<usize>> {
+    use quick_xml::events::Event;
+    use quick_xml::name::ResolveResult;
+
+    let mut reader = quick_xml::NsReader::from_reader(head);
+    let mut depth = 0usize;
+    let mut version = None;
+    let mut blocks = Vec::new();
+    let mut open_block: Option<usize> = None;
+    loop {
+        let before = reader.buffer_position() as usize;
+        let Ok((resolved, event)) = reader.read_resolved_event() else {
+            return Vec::new();
+        };
+        let ns = match &resolved {
+            ResolveResult::Bound(ns) => Some(ns.0.to_vec()),
+            _ => None,
+        };
+        match event {
+            Event::Start(ref e) | Event::Empty(ref e) => {
+                let is_empty = matches!(event, Event::Empty(_));
+                depth += 1;
+                let local = e.local_name();
+                match depth {
+                    1 => {
+                        version = ns.as_deref().and_then(SoapVersion::from_namespace);
+                        if version.is_none() || local.as_ref() != b"Envelope" {
+                            return Vec::new();
+                        }
+                    }
+                    2 if local.as_ref() == b"Body" => return blocks,
+                    3 if local.as_ref() == b"CacheControl"
+                        && ns.as_deref() == Some(CACHE_NS.as_bytes()) =>
+                    {
+                        let env_ns = version.map_or("", |v| v.namespace());
+                        let role = e.attributes().flatten().find_map(|a| {
+                            let (attr_ns, attr_local) = reader.resolve_attribute(a.key);
+                            let in_env = matches!(attr_ns, ResolveResult::Bound(n) if n.0 == env_ns.as_bytes());
+                            let named = matches!(attr_local.as_ref(), b"role" | b"actor");
+                            (in_env && named).then(|| String::from_utf8_lossy(&a.value).into_owned())
+                        });
+                        if role_is_ours(role.as_deref(), roles) {
+                            if is_empty {
+                                blocks.push(before..reader.buffer_position() as usize);
+                            } else {
+                                open_block = Some(before);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+                if is_empty {
+                    depth -= 1;
+                }
+            }
+            Event::End(_) => {
+                if depth == 3 {
+                    if let Some(start) = open_block.take() {
+                        blocks.push(start..reader.buffer_position() as usize);
+                    }
+                }
+                depth = depth.saturating_sub(1);
+            }
+            Event::DocType(_) | Event::Eof => return Vec::new(),
+            _ => {}
+        }
+    }
 }
 
 /// The body with the given (sorted, disjoint) ranges cut out; every other
@@ -220,5 +295,17 @@ mod tests {
         assert!(inspect_response(b"<html/>", &[]).is_none());
         assert!(inspect_response(b"\xff\xfe", &[]).is_none());
         assert!(inspect_response(b"<!DOCTYPE x><x/>", &[]).is_none());
+    }
+
+    #[test]
+    fn blocks_are_found_in_the_head_of_a_streaming_answer() {
+        let info = inspect_response(RESPONSE.as_bytes(), &[]).unwrap();
+        let body_at = RESPONSE.find("<env:Body>").unwrap();
+        // Enough bytes to see Body start: the same block as the full parse.
+        let head = &RESPONSE.as_bytes()[..body_at + 12];
+        assert_eq!(addressed_blocks_in_head(head, &[]), info.strip);
+        // Body not reached yet: nothing is certain, nothing is cut.
+        assert!(addressed_blocks_in_head(&RESPONSE.as_bytes()[..body_at - 5], &[]).is_empty());
+        assert!(addressed_blocks_in_head(b"<html>", &[]).is_empty());
     }
 }

@@ -51,6 +51,10 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         upstream_timeout: Duration::from_secs(10),
         debug_headers: false,
         upstream_ca: None,
+        client_limits: crate::listener::ClientLimits {
+            timeout: Duration::from_secs(30),
+            max_connections: 1024,
+        },
     };
     let listen = free_or_any(args.listen).await;
     let admin = free_or_any(args.admin).await;

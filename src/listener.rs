@@ -12,7 +12,10 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use std::sync::Arc;
+
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use crate::shutdown::Shutdown;
@@ -20,8 +23,23 @@ use crate::upstream::Body;
 
 /// How long in-flight requests get to finish once shutdown is triggered.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(30);
-/// A client must send its request head within this time (slowloris guard).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bounds on what one listener accepts from clients.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientLimits {
+    /// A request head (and, in `proxy`, its body) must arrive within this
+    /// time: a client trickling bytes (slowloris) is cut off.
+    pub timeout: Duration,
+    /// Connections open at once; past it, new ones get a 503 and are closed.
+    pub max_connections: usize,
+}
+
+/// Request heads larger than this get 431 from hyper.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// What a connection past `max_connections` is told before it is closed.
+const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+content-type: text/plain; charset=utf-8\r\nretry-after: 1\r\nconnection: close\r\n\
+content-length: 52\r\n\r\nsoapcache: too many open connections, retry shortly\n";
 
 /// A TLS handshake must complete within this time.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -32,6 +50,7 @@ pub async fn serve<H, F>(
     name: &'static str,
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
+    limits: ClientLimits,
     handler: H,
     shutdown: Shutdown,
 ) where
@@ -42,9 +61,11 @@ pub async fn serve<H, F>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(limits.timeout)
+        .max_buf_size(MAX_HEAD_BYTES)
         .keep_alive(true);
     let graceful = GracefulShutdown::new();
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -60,6 +81,14 @@ pub async fn serve<H, F>(
             }
         };
         let _ = stream.set_nodelay(true);
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            tracing::warn!(
+                "{name}: refusing {remote}: {} connections open",
+                limits.max_connections
+            );
+            tokio::spawn(refuse(stream));
+            continue;
+        };
         let handler = handler.clone();
         let service = service_fn(move |request| {
             let response = handler(request, remote);
@@ -74,6 +103,7 @@ pub async fn serve<H, F>(
                 if let Err(e) = connection.await {
                     tracing::debug!("{name}: connection from {remote} ended: {e}");
                 }
+                drop(permit);
             });
             continue;
         };
@@ -96,6 +126,7 @@ pub async fn serve<H, F>(
             if let Err(e) = watcher.watch(connection).await {
                 tracing::debug!("{name}: connection from {remote} ended: {e}");
             }
+            drop(permit);
         });
     }
     drop(listener);
@@ -103,4 +134,14 @@ pub async fn serve<H, F>(
         () = graceful.shutdown() => tracing::info!("{name}: all connections drained"),
         () = tokio::time::sleep(DRAIN_GRACE) => tracing::warn!("{name}: connections still open after {DRAIN_GRACE:?}; closing them"),
     }
+}
+
+/// Answers a connection past the limit with a 503 and closes it.
+async fn refuse(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = stream.write_all(TOO_MANY_CONNECTIONS).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
 }

@@ -19,7 +19,7 @@ use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode, Uri};
 
 use crate::coalesce::{self, Coalescer, Role, Waited};
-use crate::control::{inspect_response, splice};
+use crate::control::{addressed_blocks_in_head, inspect_response, splice};
 use crate::envelope::{parse_request, OperationElement, RequestEnvelope, SoapVersion};
 use crate::fault::{self, Culprit, Fault};
 use crate::lifetime;
@@ -50,6 +50,9 @@ pub struct Settings {
     pub debug_headers: bool,
     /// A private CA for `https://` upstreams, besides the system roots.
     pub upstream_ca: Option<std::path::PathBuf>,
+    /// Requesters must send head and body within this time, and keep at
+    /// most `max_connections` open.
+    pub client_limits: crate::listener::ClientLimits,
 }
 
 /// State shared by every connection: the policy set (swapped whole on
@@ -74,6 +77,10 @@ impl Shared {
             upstream: Upstream::new(settings.upstream_timeout, tls),
             settings,
         }))
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
     }
 
     /// Loads the policy set again and swaps it in whole; on any error the
@@ -256,7 +263,15 @@ async fn route_and_answer(
     }
 
     let (parts, body) = request.into_parts();
-    let body = match read_body(body, &parts.headers, shared.settings.max_body).await {
+    let limits = shared.settings.client_limits;
+    let body = match read_body(
+        body,
+        &parts.headers,
+        shared.settings.max_body,
+        limits.timeout,
+    )
+    .await
+    {
         Ok(body) => body,
         Err(response) => return finish(response, Outcome::Error),
     };
@@ -352,10 +367,27 @@ async fn answer_by_key(
             flight.finish(outcome);
             answer
         }
-        Role::Follower(rx) => {
+        Role::Overloaded => {
+            let reason = format!(
+                "more than {} identical requests are already waiting for the service",
+                coalesce::MAX_WAITERS
+            );
+            let fault = fault::build(
+                x.version,
+                Culprit::Receiver,
+                StatusCode::SERVICE_UNAVAILABLE,
+                &reason,
+            );
+            let mut response = fault_response(&fault);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            (response, Outcome::Error)
+        }
+        Role::Follower(waiter) => {
             x.shared.metrics.coalesced();
             let patience = x.shared.settings.upstream_timeout + Duration::from_secs(1);
-            match coalesce::wait(rx, patience).await {
+            match coalesce::wait(waiter, patience).await {
                 Waited::Done(coalesce::Outcome::Stored(entry)) => (
                     cached_response(
                         &entry,
@@ -428,18 +460,18 @@ async fn forward(x: &Exchange<'_>, op: Option<&OperationElement<'_>>) -> (Respon
         (Some(s), Some(op)) => s.rules(&op.name),
         _ => &*DEFAULT_RULES,
     };
-    let request = upstream::build_request(
-        &x.parts,
-        x.target.clone(),
-        x.remote,
-        upstream::full(x.body.clone()),
-    );
-    let limit = RESPONSE_BUFFER.max(usize::try_from(rules.max_entry_size).unwrap_or(usize::MAX));
-    match x.shared.upstream.fetch(request, limit).await {
+    match fetch(x, rules).await {
         Err(e) => (upstream_failure(x, &e), Outcome::Error),
         Ok(fetched) => match fetched.body {
             FetchedBody::Partial { head, rest } => (
-                streamed(fetched.parts, head, rest, "BYPASS", "soapcache; fwd=bypass"),
+                streamed(
+                    fetched.parts,
+                    head,
+                    rest,
+                    &rules.roles,
+                    "BYPASS",
+                    "soapcache; fwd=bypass",
+                ),
                 Outcome::Bypass,
             ),
             FetchedBody::Whole(bytes) => {
@@ -461,6 +493,17 @@ async fn forward(x: &Exchange<'_>, op: Option<&OperationElement<'_>>) -> (Respon
             }
         },
     }
+}
+
+/// Sends the request upstream; the answer is read whole up to the larger of
+/// `RESPONSE_BUFFER` and the operation's `max_entry_size`.
+async fn fetch(x: &Exchange<'_>, rules: &Rules) -> Result<upstream::Fetched, UpstreamError> {
+    let request = || {
+        let body = upstream::full(x.body.clone());
+        upstream::build_request(&x.parts, x.target.clone(), x.remote, body)
+    };
+    let limit = RESPONSE_BUFFER.max(usize::try_from(rules.max_entry_size).unwrap_or(usize::MAX));
+    x.shared.upstream.fetch(request, limit).await
 }
 
 /// A successful write operation purges the entries its policy targets.
@@ -494,14 +537,7 @@ async fn fetch_and_store(
     lookup: &LookupKey,
     stale: Option<Arc<Entry>>,
 ) -> ((Response<Body>, Outcome), coalesce::Outcome) {
-    let request = upstream::build_request(
-        &x.parts,
-        x.target.clone(),
-        x.remote,
-        upstream::full(x.body.clone()),
-    );
-    let limit = RESPONSE_BUFFER.max(usize::try_from(rules.max_entry_size).unwrap_or(usize::MAX));
-    let fetched = match x.shared.upstream.fetch(request, limit).await {
+    let fetched = match fetch(x, rules).await {
         Ok(fetched) => fetched,
         Err(e) => {
             if let Some(answer) = serve_stale(stale.as_ref()) {
@@ -520,7 +556,14 @@ async fn fetch_and_store(
     let bytes = match fetched.body {
         FetchedBody::Whole(bytes) => bytes,
         FetchedBody::Partial { head, rest } => {
-            let response = streamed(parts, head, rest, "MISS", "soapcache; fwd=miss");
+            let response = streamed(
+                parts,
+                head,
+                rest,
+                &rules.roles,
+                "MISS",
+                "soapcache; fwd=miss",
+            );
             return ((response, Outcome::Miss), coalesce::Outcome::GiveUp);
         }
     };
@@ -635,6 +678,7 @@ async fn read_body(
     body: Incoming,
     headers: &HeaderMap,
     max_body: u64,
+    timeout: Duration,
 ) -> Result<Bytes, Response<Body>> {
     let soap12 = is_soap12_content(headers);
     let too_large = || {
@@ -654,7 +698,16 @@ async fn read_body(
         return Err(too_large());
     }
     let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
-    match Limited::new(body, limit).collect().await {
+    let Ok(read) = tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await else {
+        let reason = format!("the request body did not arrive within {timeout:?}");
+        return Err(fault_response(&fault::build(
+            version_of(soap12),
+            Culprit::Sender,
+            StatusCode::REQUEST_TIMEOUT,
+            &reason,
+        )));
+    };
+    match read {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
         Err(e) => {
@@ -746,15 +799,19 @@ fn whole(
     response
 }
 
-/// An upstream answer too large to hold: what was read, then the rest.
+/// An upstream answer too large to hold: what was read (its addressed
+/// `CacheControl` blocks cut out), then the rest as it arrives.
 fn streamed(
     parts: hyper::http::response::Parts,
     head: Bytes,
     rest: Incoming,
+    roles: &[String],
     x_cache: &'static str,
     cache_status: &'static str,
 ) -> Response<Body> {
     use futures_util::stream::{self, StreamExt};
+    let cut = addressed_blocks_in_head(&head, roles);
+    let head = splice(&head, &cut);
     use http_body_util::StreamBody;
     let head_frame =
         stream::once(async move { Ok::<_, upstream::BoxError>(hyper::body::Frame::data(head)) });
@@ -765,6 +822,10 @@ fn streamed(
     *response.status_mut() = parts.status;
     *response.extensions_mut() = parts.extensions;
     let mut headers = upstream::response_headers(&parts.headers);
+    if !cut.is_empty() {
+        // Shorter than announced: send it chunked instead.
+        headers.remove(header::CONTENT_LENGTH);
+    }
     mark(&mut headers, x_cache, cache_status);
     *response.headers_mut() = headers;
     response

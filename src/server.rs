@@ -9,7 +9,7 @@ use tokio::task::JoinSet;
 
 use crate::admin::Admin;
 use crate::cli::ServeArgs;
-use crate::listener;
+use crate::listener::{self, ClientLimits};
 use crate::policy::PolicySet;
 use crate::proxy::{self, Settings, Shared};
 use crate::shutdown::{self, Shutdown};
@@ -54,10 +54,12 @@ pub async fn start(
     let proxy_state = shared.clone();
     let handler = move |request, remote| proxy::handle(proxy_state.clone(), request, remote);
     let tls = tls.map(tokio_rustls::TlsAcceptor::from);
+    let limits = shared.settings().client_limits;
     tasks.spawn(listener::serve(
         "proxy",
         proxy_listener,
         tls,
+        limits,
         handler,
         shutdown.clone(),
     ));
@@ -67,10 +69,16 @@ pub async fn start(
         let admin = admin.clone();
         async move { admin.handle(request).await }
     };
+    // The admin API serves operators and scrapers: a few connections suffice.
+    let admin_limits = ClientLimits {
+        max_connections: 64,
+        ..limits
+    };
     tasks.spawn(listener::serve(
         "admin",
         admin_listener,
         None,
+        admin_limits,
         handler,
         shutdown.clone(),
     ));
@@ -132,6 +140,10 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         upstream_timeout: args.upstream_timeout,
         debug_headers: args.debug_headers,
         upstream_ca: args.upstream_ca.clone(),
+        client_limits: ClientLimits {
+            timeout: args.client_timeout,
+            max_connections: args.max_connections.max(1),
+        },
     };
     if let Some(fake) = args.fake_now {
         crate::clock::pretend_now_is(fake);

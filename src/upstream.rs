@@ -87,14 +87,22 @@ impl Upstream {
 
     /// Sends `request` and reads the response body up to `limit` bytes,
     /// all within the upstream timeout.
+    ///
+    /// `request` builds the request; it is called a second time only to
+    /// retry once after a connect failure, when no byte has reached the
+    /// service, so a retry can never repeat an operation.
     pub async fn fetch(
         &self,
-        request: Request<Body>,
+        request: impl Fn() -> Request<Body>,
         limit: usize,
     ) -> Result<Fetched, UpstreamError> {
         let started = std::time::Instant::now();
         let exchange = async {
-            let response = self.client.request(request).await.map_err(|e| {
+            let response = match self.client.request(request()).await {
+                Err(e) if e.is_connect() => self.client.request(request()).await,
+                first => first,
+            };
+            let response = response.map_err(|e| {
                 if e.is_connect() {
                     UpstreamError::Connect(error_chain(&e))
                 } else {
