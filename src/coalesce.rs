@@ -51,10 +51,13 @@ pub enum Role<K: Eq + Hash + Clone> {
 /// Followers one flight may have.
 pub const MAX_WAITERS: usize = 4096;
 
+/// Flights under way: each key's outcome channel and its waiter slots.
+type Flights<K> = Arc<Mutex<HashMap<K, (watch::Receiver<Outcome>, Arc<()>)>>>;
+
 /// The table of flights in progress. A `std::sync::Mutex` because it is
 /// held only to insert or remove one map entry, never across an `.await`.
 pub struct Coalescer<K> {
-    flights: Arc<Mutex<HashMap<K, (watch::Receiver<Outcome>, Arc<()>)>>>,
+    flights: Flights<K>,
 }
 
 impl<K> Clone for Coalescer<K> {
@@ -127,7 +130,7 @@ pub async fn wait(waiter: Waiter, patience: Duration) -> Waited {
 pub struct Flight<K: Eq + Hash + Clone> {
     key: Option<K>,
     tx: watch::Sender<Outcome>,
-    flights: Arc<Mutex<HashMap<K, (watch::Receiver<Outcome>, Arc<()>)>>>,
+    flights: Flights<K>,
 }
 
 impl<K: Eq + Hash + Clone> Flight<K> {
