@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use crate::cli::DemoArgs;
 use crate::policy::PolicySet;
 use crate::proxy::Settings;
-use crate::shutdown::termination_signal;
+use crate::shutdown::{SignalAction, Signals};
 
 const CATALOG_NS: &str = "http://example.org/2001/06/catalog";
 /// How long the example service takes to answer: a slow service is the
@@ -56,6 +56,7 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
             max_connections: 1024,
         },
     };
+    let mut signals = Signals::install()?;
     let listen = free_or_any(args.listen).await;
     let admin = free_or_any(args.admin).await;
     let running =
@@ -130,7 +131,8 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         println!("  Serving until Ctrl-C.");
         let shutdown = running.shutdown.clone();
         tokio::spawn(async move {
-            termination_signal().await;
+            // The demo has no policies: SIGHUP has nothing to reload.
+            while signals.next().await != SignalAction::Stop {}
             shutdown.trigger();
         });
     }

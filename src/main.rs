@@ -12,12 +12,12 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { policies } => check(&policies),
         Command::Serve(args) => {
-            init_logging(args.log_format, "info");
+            let _flush_on_exit = init_logging(args.log_format, "info");
             run(soapcache::server::serve(args))
         }
         Command::Demo(args) => {
             // The demo prints its own report; logs only for problems.
-            init_logging(LogFormat::Text, "warn");
+            let _flush_on_exit = init_logging(LogFormat::Text, "warn");
             run(soapcache::demo::run(args))
         }
     }
@@ -62,14 +62,22 @@ fn check(path: &std::path::Path) -> ExitCode {
 }
 
 /// `RUST_LOG` filters (else `default`); access lines use target `soapcache::access`.
-fn init_logging(format: LogFormat, default: &str) {
+///
+/// Lines are written by a background thread (tracing-appender), so a
+/// request never waits on stderr; if the writer falls behind by more than
+/// its buffer, lines are dropped rather than requests slowed. The returned
+/// guard flushes what is left when it is dropped at exit.
+fn init_logging(format: LogFormat, default: &str) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let ansi = std::io::stderr().is_terminal();
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
+        .with_writer(writer)
+        .with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+    guard
 }

@@ -28,11 +28,9 @@
 //! in the SOAP `Header` too; they are left to sxd-xpath rather than being
 //! silently narrowed to the operation element.
 //!
-//! One known difference: sxd-document 0.3 does not apply a default namespace
-//! declared on a *prefixed* element (`<x:A xmlns="urn:a"><B/></x:A>`) to its
-//! descendants, so sxd-xpath sees `B` unqualified where the streaming plan (and
-//! the Namespaces spec) says `{urn:a}B`. Such requests are rare; the property
-//! test does not generate them.
+//! The sxd tree is built from a roxmltree parse, not by sxd-document's own
+//! parser, which does not apply a default namespace declared on a prefixed
+//! element (`<x:A xmlns="urn:a"><B/></x:A>`) to its descendants.
 
 use std::borrow::Cow;
 
@@ -525,15 +523,22 @@ struct SxdTree {
 }
 
 impl SxdTree {
+    /// Builds the sxd tree from a roxmltree parse rather than with
+    /// sxd-document's own parser, which does not apply a default namespace
+    /// declared on a prefixed element (`<x:A xmlns="urn:a"><B/></x:A>`) to
+    /// its descendants: names here are roxmltree's, resolved per the spec.
     fn parse(op: &OperationElement<'_>) -> Result<SxdTree, SelectorError> {
         let text = std::str::from_utf8(op.document)
             .map_err(|e| SelectorError::request(format!("request is not UTF-8: {e}")))?;
-        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-        let package = sxd_document::parser::parse(text).map_err(|e| {
-            SelectorError::request(format!(
-                "request does not parse for XPath evaluation: {e:?}"
-            ))
+        let tree = roxmltree::Document::parse(text).map_err(|e| {
+            SelectorError::request(format!("request does not parse for XPath evaluation: {e}"))
         })?;
+        let package = sxd_document::Package::new();
+        {
+            let document = package.as_document();
+            let root = sxd_element(&document, tree.root_element());
+            document.root().append_child(root);
+        }
         Ok(SxdTree { package })
     }
 
@@ -559,6 +564,42 @@ impl SxdTree {
             .map_err(|e| SelectorError::request(format!("evaluating '{source}': {e}")))?;
         Ok(xpath_string(value))
     }
+}
+
+/// The sxd copy of a roxmltree element and everything in it. Recursion
+/// depth is bounded by the envelope pass (`envelope::MAX_DEPTH`).
+fn sxd_element<'d>(
+    document: &sxd_document::dom::Document<'d>,
+    node: roxmltree::Node<'_, '_>,
+) -> sxd_document::dom::Element<'d> {
+    let tag = node.tag_name();
+    let element = document.create_element(sxd_document::QName::with_namespace_uri(
+        tag.namespace(),
+        tag.name(),
+    ));
+    for attribute in node.attributes() {
+        let name = sxd_document::QName::with_namespace_uri(attribute.namespace(), attribute.name());
+        element.set_attribute_value(name, attribute.value());
+    }
+    for child in node.children() {
+        match child.node_type() {
+            roxmltree::NodeType::Element => element.append_child(sxd_element(document, child)),
+            roxmltree::NodeType::Text => {
+                element.append_child(document.create_text(child.text().unwrap_or_default()))
+            }
+            roxmltree::NodeType::Comment => {
+                element.append_child(document.create_comment(child.text().unwrap_or_default()))
+            }
+            roxmltree::NodeType::PI => {
+                if let Some(pi) = child.pi() {
+                    element
+                        .append_child(document.create_processing_instruction(pi.target, pi.value));
+                }
+            }
+            roxmltree::NodeType::Root => {}
+        }
+    }
+    element
 }
 
 /// `Envelope/Body/*[1]`.
@@ -1373,13 +1414,6 @@ mod tests {
                     let mark = scope.len();
                     let mut decls: Vec<(String, String)> = Vec::new();
                     for (p, u) in declare {
-                        // sxd-document 0.3 ignores a default namespace
-                        // declared on a prefixed element (its descendants
-                        // stay unqualified); the streaming plan follows the
-                        // Namespaces spec. Known difference, not generated.
-                        if p.is_empty() && prefix.is_some() {
-                            continue;
-                        }
                         if !decls.iter().any(|(dp, _)| dp == p) {
                             decls.push((p.to_string(), URIS[*u].to_owned()));
                         }

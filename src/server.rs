@@ -12,7 +12,7 @@ use crate::cli::ServeArgs;
 use crate::listener::{self, ClientLimits};
 use crate::policy::PolicySet;
 use crate::proxy::{self, Settings, Shared};
-use crate::shutdown::{self, Shutdown};
+use crate::shutdown::{self, Shutdown, Signals};
 
 /// A started soapcache: where it listens, its state, and its tasks.
 pub struct Running {
@@ -149,6 +149,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         crate::clock::pretend_now_is(fake);
         tracing::warn!("the cache clock is shifted (--fake-now): for tests only");
     }
+    let mut signals = Signals::install()?;
     let running = start(
         settings,
         policies,
@@ -161,25 +162,12 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
     for line in running.shared.policies.load().summary() {
         tracing::info!("policy: {line}");
     }
-    spawn_reload_on_sighup(running.shared.clone());
-    shutdown::termination_signal().await;
+    while signals.next().await == shutdown::SignalAction::Reload {
+        // A refused reload is logged by `reload` itself; the old set stays.
+        let _ = running.shared.reload();
+    }
     running.shutdown.trigger();
     running.stopped().await;
     tracing::info!("stopped");
     Ok(())
-}
-
-fn spawn_reload_on_sighup(shared: Arc<Shared>) {
-    #[cfg(unix)]
-    tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
-            tracing::warn!("cannot install the SIGHUP handler: reload with POST /reload");
-            return;
-        };
-        while hangup.recv().await.is_some() {
-            tracing::info!("SIGHUP received: reloading policies");
-            let _ = shared.reload();
-        }
-    });
 }

@@ -34,28 +34,52 @@ impl Shutdown {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT (Ctrl-C).
-pub async fn termination_signal() {
-    #[cfg(unix)]
-    {
+/// What a signal asks of the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignalAction {
+    /// SIGTERM or SIGINT: stop accepting, drain, exit.
+    Stop,
+    /// SIGHUP: reload the policies.
+    Reload,
+}
+
+/// The process's signal handlers. Installed before anything listens: until
+/// a handler exists a signal has its default action, and SIGHUP's is to
+/// kill the process (a `systemctl reload` right after start would).
+pub struct Signals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn install() -> Result<Signals, String> {
         use tokio::signal::unix::{signal, SignalKind};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => tracing::info!("SIGTERM received: draining"),
-                    _ = int.recv() => tracing::info!("SIGINT received: draining"),
-                }
+        let install = |kind: SignalKind, name: &str| {
+            signal(kind).map_err(|e| format!("cannot install the {name} handler: {e}"))
+        };
+        Ok(Signals {
+            terminate: install(SignalKind::terminate(), "SIGTERM")?,
+            interrupt: install(SignalKind::interrupt(), "SIGINT")?,
+            hangup: install(SignalKind::hangup(), "SIGHUP")?,
+        })
+    }
+
+    /// Waits for the next signal.
+    pub async fn next(&mut self) -> SignalAction {
+        tokio::select! {
+            _ = self.terminate.recv() => {
+                tracing::info!("SIGTERM received: draining");
+                SignalAction::Stop
             }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
+            _ = self.interrupt.recv() => {
+                tracing::info!("SIGINT received: draining");
+                SignalAction::Stop
+            }
+            _ = self.hangup.recv() => {
+                tracing::info!("SIGHUP received: reloading policies");
+                SignalAction::Reload
             }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -444,3 +444,156 @@ pub fn header_values(headers: &HeaderMap, name: &str) -> Vec<String> {
 }
 
 pub type Counts = HashMap<String, usize>;
+
+impl Soapcache {
+    /// The process id of the soapcache process.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// A shell already running and waiting to send a signal with its built-in
+/// `kill`, so that the signal leaves within microseconds of [`fire`]
+/// (spawning `kill` takes milliseconds, long enough to hide races).
+///
+/// [`fire`]: ArmedSignal::fire
+pub struct ArmedSignal {
+    child: Child,
+}
+
+impl ArmedSignal {
+    pub fn new(signal: &str) -> ArmedSignal {
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(format!("read pid && kill -{signal} \"$pid\""))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start sh");
+        ArmedSignal { child }
+    }
+
+    /// Sends the signal to `pid` and waits for the shell to finish.
+    pub fn fire(mut self, pid: u32) {
+        use std::io::Write;
+        let mut stdin = self.child.stdin.take().expect("piped stdin");
+        writeln!(stdin, "{pid}").expect("write pid");
+        drop(stdin);
+        let status = self.child.wait().expect("wait for sh");
+        assert!(status.success(), "kill failed: {status:?}");
+    }
+}
+
+impl Http {
+    /// Like [`Http::send`], but a failed exchange (connection refused or
+    /// reset, no answer within `limit`) is returned as an error instead of
+    /// panicking, so that load tests can count lost requests.
+    pub async fn try_send(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+        limit: Duration,
+    ) -> Result<Answer, String> {
+        let mut request = Request::builder().method(method).uri(url);
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let request = request
+            .body(Full::new(body.into()))
+            .map_err(|e| format!("building the request: {e}"))?;
+        let exchange = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| format!("HTTP exchange: {e:?}"))?;
+            let (parts, body) = response.into_parts();
+            let body = body
+                .collect()
+                .await
+                .map_err(|e| format!("reading the body: {e}"))?
+                .to_bytes();
+            Ok(Answer {
+                status: parts.status.as_u16(),
+                headers: parts.headers,
+                body,
+            })
+        };
+        tokio::time::timeout(limit, exchange)
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {limit:?}")))
+    }
+}
+
+/// A scratch directory under the system temp dir holding one file, removed
+/// on drop: for policy files written by a test.
+pub struct ScratchFile {
+    dir: std::path::PathBuf,
+    pub path: std::path::PathBuf,
+}
+
+impl ScratchFile {
+    pub fn new(test: &str, name: &str, text: &str) -> ScratchFile {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!(
+            "soapcache-scratch-{}-{n}-{test}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create scratch dir");
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("write scratch file");
+        ScratchFile { dir, path }
+    }
+
+    pub fn path_str(&self) -> &str {
+        self.path.to_str().expect("utf-8 temp path")
+    }
+}
+
+impl Drop for ScratchFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// VmRSS of a process in bytes, from /proc (Linux); `None` elsewhere.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// The value of one unlabelled series (`name value`) in a Prometheus text
+/// exposition, or the sum over every labelled series of `name{...}`.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        let value = if let Some(rest) = rest.strip_prefix(' ') {
+            rest
+        } else if rest.starts_with('{') {
+            match rest.rsplit_once("} ") {
+                Some((_, v)) => v,
+                None => continue,
+            }
+        } else {
+            continue;
+        };
+        if let Ok(v) = value
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .parse::<f64>()
+        {
+            *found.get_or_insert(0.0) += v;
+        }
+    }
+    found
+}
