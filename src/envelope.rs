@@ -129,6 +129,48 @@ pub struct RequestEnvelope<'a> {
 /// Checks `body` is a well-formed SOAP envelope without a DTD and finds its
 /// operation. One pass over the whole body, no tree.
 pub fn parse_request(body: &[u8]) -> Result<RequestEnvelope<'_>, EnvelopeError> {
+    match scan(body, false)? {
+        Scanned::Whole(envelope) => Ok(envelope),
+        Scanned::Head(head) => Err(EnvelopeError::new(
+            Some(head.version),
+            "incomplete envelope",
+        )),
+    }
+}
+
+/// What the first bytes of a large request tell: enough to route it and
+/// name its operation while the rest streams through unread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestHead {
+    pub version: SoapVersion,
+    /// `None` when the operation's start tag is not within the head.
+    pub operation: Option<ExpandedName>,
+    pub has_security_header: bool,
+}
+
+/// Reads the first bytes of a request up to its operation's start tag. A
+/// DTD or a root that is not a SOAP Envelope is refused as in
+/// `parse_request`; running out of bytes is not an error here.
+pub fn parse_request_head(head: &[u8]) -> Result<RequestHead, EnvelopeError> {
+    match scan(head, true)? {
+        Scanned::Head(head) => Ok(head),
+        Scanned::Whole(envelope) => Ok(RequestHead {
+            version: envelope.version,
+            operation: envelope.operation.map(|op| op.name),
+            has_security_header: envelope.has_security_header,
+        }),
+    }
+}
+
+enum Scanned<'a> {
+    Whole(RequestEnvelope<'a>),
+    Head(RequestHead),
+}
+
+/// The one pass behind `parse_request` (`head_only = false`: the whole
+/// body, every well-formedness check) and `parse_request_head` (stop at the
+/// operation's start tag or where the bytes end).
+fn scan(body: &[u8], head_only: bool) -> Result<Scanned<'_>, EnvelopeError> {
     let mut reader = quick_xml::NsReader::from_reader(body);
     reader.config_mut().check_end_names = true;
 
@@ -145,9 +187,19 @@ pub fn parse_request(body: &[u8]) -> Result<RequestEnvelope<'_>, EnvelopeError> 
 
     loop {
         let before = reader.buffer_position() as usize;
-        let (resolved, event) = reader
-            .read_resolved_event()
-            .map_err(|e| EnvelopeError::new(version, format!("malformed XML: {e}")))?;
+        let read = reader.read_resolved_event();
+        let (resolved, event) = match read {
+            Ok(ok) => ok,
+            // A head ends anywhere, mid-tag included.
+            Err(_) if head_only && version.is_some() => {
+                return Ok(Scanned::Head(RequestHead {
+                    version: version.unwrap_or(SoapVersion::V11),
+                    operation: None,
+                    has_security_header,
+                }))
+            }
+            Err(e) => return Err(EnvelopeError::new(version, format!("malformed XML: {e}"))),
+        };
         let is_empty = matches!(event, Event::Empty(_));
         match event {
             Event::DocType(_) => {
@@ -214,6 +266,13 @@ pub fn parse_request(body: &[u8]) -> Result<RequestEnvelope<'_>, EnvelopeError> 
                             namespace: String::from_utf8_lossy(ns.unwrap_or_default()).into_owned(),
                             local: String::from_utf8_lossy(local.as_ref()).into_owned(),
                         };
+                        if head_only {
+                            return Ok(Scanned::Head(RequestHead {
+                                version: version.unwrap_or(SoapVersion::V11),
+                                operation: Some(name),
+                                has_security_header,
+                            }));
+                        }
                         let end = reader.buffer_position() as usize;
                         let scope = reader.resolver().clone();
                         if is_empty {
@@ -301,6 +360,13 @@ pub fn parse_request(body: &[u8]) -> Result<RequestEnvelope<'_>, EnvelopeError> 
     let Some(version) = version else {
         return Err(EnvelopeError::new(None, "empty body: no SOAP Envelope"));
     };
+    if head_only {
+        return Ok(Scanned::Head(RequestHead {
+            version,
+            operation: operation.map(|op| op.name),
+            has_security_header,
+        }));
+    }
     if !root_done {
         return Err(EnvelopeError::new(
             Some(version),
@@ -310,11 +376,11 @@ pub fn parse_request(body: &[u8]) -> Result<RequestEnvelope<'_>, EnvelopeError> 
     if !seen_body {
         return Err(EnvelopeError::new(Some(version), "Envelope has no Body"));
     }
-    Ok(RequestEnvelope {
+    Ok(Scanned::Whole(RequestEnvelope {
         version,
         operation,
         has_security_header,
-    })
+    }))
 }
 
 /// A prefix with no declaration makes the document not namespace-well-formed.
@@ -538,5 +604,20 @@ mod tests {
             .unwrap_err()
             .reason
             .contains("nesting"));
+    }
+
+    #[test]
+    fn the_head_of_a_large_request_names_its_operation() {
+        let cut = &SOAP11.as_bytes()[..SOAP11.find("<c:PartNumber>").unwrap() + 5];
+        let head = parse_request_head(cut).expect("head");
+        assert_eq!(head.version, SoapVersion::V11);
+        assert!(head.has_security_header);
+        assert_eq!(head.operation.unwrap().local, "CatalogPriceRequest");
+        // Cut before the operation: known version, no operation yet.
+        let early = &SOAP11.as_bytes()[..SOAP11.find("<soap:Body>").unwrap() + 3];
+        assert_eq!(parse_request_head(early).unwrap().operation, None);
+        // A DTD or another root is refused even in a head.
+        assert!(parse_request_head(b"<!DOCTYPE x []><x/>").is_err());
+        assert!(parse_request_head(b"<order><item>").is_err());
     }
 }

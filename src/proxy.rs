@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::http::request::Parts;
@@ -20,7 +20,9 @@ use hyper::{Method, Request, Response, StatusCode, Uri};
 
 use crate::coalesce::{self, Coalescer, Role, Waited};
 use crate::control::{addressed_blocks_in_head, inspect_response, splice};
-use crate::envelope::{parse_request, OperationElement, RequestEnvelope, SoapVersion};
+use crate::envelope::{
+    parse_request, parse_request_head, OperationElement, RequestEnvelope, SoapVersion,
+};
 use crate::fault::{self, Culprit, Fault};
 use crate::lifetime;
 use crate::metrics::{Metrics, Outcome};
@@ -272,7 +274,24 @@ async fn route_and_answer(
     )
     .await
     {
-        Ok(body) => body,
+        Ok(RequestBody::Whole(body)) => body,
+        Ok(RequestBody::Large { head, rest }) => {
+            let (response, operation, outcome) = large_request(
+                shared,
+                service,
+                &parts,
+                head,
+                rest,
+                target,
+                remote,
+                soap12_content,
+            )
+            .await;
+            shared
+                .metrics
+                .record(&service_name, operation.as_deref(), false, outcome);
+            return (response, service_name, operation, outcome);
+        }
         Err(response) => return finish(response, Outcome::Error),
     };
     let envelope = match parse_request(&body) {
@@ -462,36 +481,36 @@ async fn forward(x: &Exchange<'_>, op: Option<&OperationElement<'_>>) -> (Respon
     };
     match fetch(x, rules).await {
         Err(e) => (upstream_failure(x, &e), Outcome::Error),
-        Ok(fetched) => match fetched.body {
-            FetchedBody::Partial { head, rest } => (
-                streamed(
-                    fetched.parts,
-                    head,
-                    rest,
-                    &rules.roles,
-                    "BYPASS",
-                    "soapcache; fwd=bypass",
-                ),
-                Outcome::Bypass,
-            ),
-            FetchedBody::Whole(bytes) => {
-                let info = inspect_response(&bytes, &rules.roles);
-                let stripped = info
-                    .as_ref()
-                    .map_or_else(|| bytes.clone(), |i| splice(&bytes, &i.strip));
-                let succeeded =
-                    fetched.parts.status.is_success() && info.as_ref().is_some_and(|i| !i.is_fault);
-                if succeeded {
-                    if let Some(op) = op {
-                        invalidate(x, op);
-                    }
+        Ok(fetched) => {
+            let (response, succeeded) = answer_forwarded(fetched, &rules.roles);
+            if succeeded {
+                if let Some(op) = op {
+                    invalidate(x, op);
                 }
-                (
-                    whole(fetched.parts, stripped, "BYPASS", "soapcache; fwd=bypass"),
-                    Outcome::Bypass,
-                )
             }
-        },
+            (response, Outcome::Bypass)
+        }
+    }
+}
+
+/// A forwarded answer that will not be stored: addressed `CacheControl`
+/// cut out, marked BYPASS; and whether it is a success (2xx, a SOAP
+/// envelope without Fault), which is what lets a write invalidate.
+fn answer_forwarded(fetched: upstream::Fetched, roles: &[String]) -> (Response<Body>, bool) {
+    const MARK: (&str, &str) = ("BYPASS", "soapcache; fwd=bypass");
+    match fetched.body {
+        FetchedBody::Partial { head, rest } => (
+            streamed(fetched.parts, head, rest, roles, MARK.0, MARK.1),
+            false,
+        ),
+        FetchedBody::Whole(bytes) => {
+            let info = inspect_response(&bytes, roles);
+            let stripped = info
+                .as_ref()
+                .map_or_else(|| bytes.clone(), |i| splice(&bytes, &i.strip));
+            let succeeded = fetched.parts.status.is_success() && info.is_some_and(|i| !i.is_fault);
+            (whole(fetched.parts, stripped, MARK.0, MARK.1), succeeded)
+        }
     }
 }
 
@@ -672,48 +691,130 @@ async fn pass_through(
     }
 }
 
-/// Reads the request body up to `max_body`: 413 past it (decided from
-/// `Content-Length` before reading anything when it is given).
+/// Requests larger than this are not held whole: their first part is read
+/// to route them and name the operation, the rest streams to the service,
+/// and they are never answered from or stored in the cache (SPEC §6).
+const STREAM_THRESHOLD: usize = 1 << 20;
+
+/// A request body: whole, or (past `STREAM_THRESHOLD`) its first part and
+/// the rest still to come.
+enum RequestBody {
+    Whole(Bytes),
+    Large { head: Bytes, rest: Incoming },
+}
+
+/// Reads the request body: 413 past `max_body` (decided from
+/// `Content-Length` before reading anything when it is given), 408 when it
+/// does not arrive within `timeout`.
 async fn read_body(
-    body: Incoming,
+    mut body: Incoming,
     headers: &HeaderMap,
     max_body: u64,
     timeout: Duration,
-) -> Result<Bytes, Response<Body>> {
+) -> Result<RequestBody, Response<Body>> {
     let soap12 = is_soap12_content(headers);
-    let too_large = || {
-        let reason = format!("the request body is larger than the {max_body}-byte limit");
-        fault_response(&fault::build(
-            version_of(soap12),
-            Culprit::Sender,
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &reason,
-        ))
-    };
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > max_body) {
-        return Err(too_large());
+        return Err(too_large(soap12, max_body));
     }
-    let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
-    let Ok(read) = tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await else {
-        let reason = format!("the request body did not arrive within {timeout:?}");
-        return Err(fault_response(&fault::build(
-            version_of(soap12),
-            Culprit::Sender,
-            StatusCode::REQUEST_TIMEOUT,
-            &reason,
-        )));
-    };
-    match read {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(e) => {
-            let reason = format!("could not read the request body: {e}");
-            Err(fault_response(&fault::bad_request(None, soap12, &reason)))
+    let read = async {
+        let mut buffer = bytes::BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                let reason = format!("could not read the request body: {e}");
+                fault_response(&fault::bad_request(None, soap12, &reason))
+            })?;
+            if let Ok(data) = frame.into_data() {
+                buffer.extend_from_slice(&data);
+                if buffer.len() as u64 > max_body {
+                    return Err(too_large(soap12, max_body));
+                }
+                if buffer.len() > STREAM_THRESHOLD {
+                    let head = buffer.freeze();
+                    return Ok(RequestBody::Large { head, rest: body });
+                }
+            }
         }
+        Ok(RequestBody::Whole(buffer.freeze()))
+    };
+    match tokio::time::timeout(timeout, read).await {
+        Ok(result) => result,
+        Err(_) => {
+            let reason = format!("the request body did not arrive within {timeout:?}");
+            let fault = fault::build(
+                version_of(soap12),
+                Culprit::Sender,
+                StatusCode::REQUEST_TIMEOUT,
+                &reason,
+            );
+            Err(fault_response(&fault))
+        }
+    }
+}
+
+fn too_large(soap12: bool, max_body: u64) -> Response<Body> {
+    let reason = format!("the request body is larger than the {max_body}-byte limit");
+    fault_response(&fault::build(
+        version_of(soap12),
+        Culprit::Sender,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &reason,
+    ))
+}
+
+/// A request too large to hold (SPEC §6): checked on its first part,
+/// streamed to the service with `--max-body` still enforced, never cached;
+/// the answer is handled as any forwarded answer.
+#[allow(clippy::too_many_arguments)]
+async fn large_request(
+    shared: &Shared,
+    service: Option<&Service>,
+    parts: &Parts,
+    head: Bytes,
+    rest: Incoming,
+    target: Uri,
+    remote: SocketAddr,
+    soap12_content: bool,
+) -> (Response<Body>, Option<String>, Outcome) {
+    let request_head = match parse_request_head(&head) {
+        Ok(request_head) => request_head,
+        Err(e) => {
+            let reason = format!("not an acceptable SOAP message: {e}");
+            let fault = fault::bad_request(e.version, soap12_content, &reason);
+            return (fault_response(&fault), None, Outcome::Error);
+        }
+    };
+    let operation = request_head.operation.as_ref().map(|op| op.local.clone());
+    let rules = match (service, &request_head.operation) {
+        (Some(s), Some(op)) => s.rules(op),
+        _ => &*DEFAULT_RULES,
+    };
+    let (body, exceeded) = upstream::head_then(head, rest, Some(shared.settings.max_body));
+    let outgoing = upstream::build_request(parts, target, remote, body);
+    let limit = RESPONSE_BUFFER.max(usize::try_from(rules.max_entry_size).unwrap_or(usize::MAX));
+    match shared.upstream.fetch_once(outgoing, limit).await {
+        Err(_) if exceeded.load(std::sync::atomic::Ordering::Relaxed) => (
+            too_large(soap12_content, shared.settings.max_body),
+            operation,
+            Outcome::Error,
+        ),
+        Err(e) => {
+            shared.metrics.upstream_error();
+            tracing::warn!(operation = operation.as_deref().unwrap_or("-"), "{e}");
+            (
+                fault_response(&upstream_fault(request_head.version, &e)),
+                operation,
+                Outcome::Error,
+            )
+        }
+        Ok(fetched) => (
+            answer_forwarded(fetched, &rules.roles).0,
+            operation,
+            Outcome::Bypass,
+        ),
     }
 }
 
@@ -809,15 +910,8 @@ fn streamed(
     x_cache: &'static str,
     cache_status: &'static str,
 ) -> Response<Body> {
-    use futures_util::stream::{self, StreamExt};
     let cut = addressed_blocks_in_head(&head, roles);
-    let head = splice(&head, &cut);
-    use http_body_util::StreamBody;
-    let head_frame =
-        stream::once(async move { Ok::<_, upstream::BoxError>(hyper::body::Frame::data(head)) });
-    let rest_frames =
-        http_body_util::BodyStream::new(rest).map(|f| f.map_err(upstream::BoxError::from));
-    let body = BodyExt::boxed(StreamBody::new(head_frame.chain(rest_frames)));
+    let (body, _) = upstream::head_then(splice(&head, &cut), rest, None);
     let mut response = Response::new(body);
     *response.status_mut() = parts.status;
     *response.extensions_mut() = parts.extensions;

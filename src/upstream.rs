@@ -3,6 +3,8 @@
 //! `--upstream-timeout` enforced over the whole exchange.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -85,7 +87,7 @@ impl Upstream {
         Upstream { client, timeout }
     }
 
-    /// Sends `request` and reads the response body up to `limit` bytes,
+    /// Sends a request and reads the response body up to `limit` bytes,
     /// all within the upstream timeout.
     ///
     /// `request` builds the request; it is called a second time only to
@@ -102,37 +104,23 @@ impl Upstream {
                 Err(e) if e.is_connect() => self.client.request(request()).await,
                 first => first,
             };
-            let response = response.map_err(|e| {
-                if e.is_connect() {
-                    UpstreamError::Connect(error_chain(&e))
-                } else {
-                    UpstreamError::Failed(error_chain(&e))
-                }
-            })?;
-            let (mut parts, mut body) = response.into_parts();
-            let mut buffer = BytesMut::new();
-            while let Some(frame) = body.frame().await {
-                let frame = frame.map_err(|e| UpstreamError::Failed(error_chain(&e)))?;
-                if let Ok(data) = frame.into_data() {
-                    buffer.extend_from_slice(&data);
-                    if buffer.len() > limit {
-                        parts.extensions.insert(UpstreamTime(started.elapsed()));
-                        return Ok(Fetched {
-                            parts,
-                            body: FetchedBody::Partial {
-                                head: buffer.freeze(),
-                                rest: body,
-                            },
-                        });
-                    }
-                }
-            }
-            parts.extensions.insert(UpstreamTime(started.elapsed()));
-            Ok(Fetched {
-                parts,
-                body: FetchedBody::Whole(buffer.freeze()),
-            })
+            read_answer(response, limit, started).await
         };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| UpstreamError::Timeout(self.timeout))?
+    }
+
+    /// As `fetch`, for a request whose body streams and so cannot be sent
+    /// twice: no retry.
+    pub async fn fetch_once(
+        &self,
+        request: Request<Body>,
+        limit: usize,
+    ) -> Result<Fetched, UpstreamError> {
+        let started = std::time::Instant::now();
+        let exchange =
+            async { read_answer(self.client.request(request).await, limit, started).await };
         tokio::time::timeout(self.timeout, exchange)
             .await
             .map_err(|_| UpstreamError::Timeout(self.timeout))?
@@ -158,6 +146,67 @@ impl Upstream {
             }
         }
     }
+}
+
+/// Reads an answer's body up to `limit` bytes: whole, or that much and the
+/// rest still streaming.
+async fn read_answer(
+    response: Result<Response<Incoming>, hyper_util::client::legacy::Error>,
+    limit: usize,
+    started: std::time::Instant,
+) -> Result<Fetched, UpstreamError> {
+    let response = response.map_err(|e| {
+        if e.is_connect() {
+            UpstreamError::Connect(error_chain(&e))
+        } else {
+            UpstreamError::Failed(error_chain(&e))
+        }
+    })?;
+    let (mut parts, mut body) = response.into_parts();
+    let mut buffer = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| UpstreamError::Failed(error_chain(&e)))?;
+        if let Ok(data) = frame.into_data() {
+            buffer.extend_from_slice(&data);
+            if buffer.len() > limit {
+                parts.extensions.insert(UpstreamTime(started.elapsed()));
+                let head = buffer.freeze();
+                return Ok(Fetched {
+                    parts,
+                    body: FetchedBody::Partial { head, rest: body },
+                });
+            }
+        }
+    }
+    parts.extensions.insert(UpstreamTime(started.elapsed()));
+    Ok(Fetched {
+        parts,
+        body: FetchedBody::Whole(buffer.freeze()),
+    })
+}
+
+/// A body of `head` followed by the rest of `rest` as it arrives. With a
+/// `limit`, the whole may not exceed it: past it the stream ends in an
+/// error and `exceeded` is set, so the caller can answer 413.
+pub fn head_then(head: Bytes, rest: Incoming, limit: Option<u64>) -> (Body, Arc<AtomicBool>) {
+    use futures_util::stream::{self, StreamExt};
+    let exceeded = Arc::new(AtomicBool::new(false));
+    let flag = exceeded.clone();
+    let mut total = head.len() as u64;
+    let head_frame = stream::once(async move { Ok::<_, BoxError>(hyper::body::Frame::data(head)) });
+    let rest_frames = http_body_util::BodyStream::new(rest).map(move |frame| {
+        let frame = frame.map_err(BoxError::from)?;
+        if let Some(data) = frame.data_ref() {
+            total += data.len() as u64;
+            if limit.is_some_and(|limit| total > limit) {
+                flag.store(true, Ordering::Relaxed);
+                return Err(BoxError::from("the request body is larger than --max-body"));
+            }
+        }
+        Ok(frame)
+    });
+    let body = http_body_util::StreamBody::new(head_frame.chain(rest_frames));
+    (BodyExt::boxed(body), exceeded)
 }
 
 /// The whole `source()` chain in one line: hyper's top-level messages alone
