@@ -21,7 +21,8 @@ use hyper::{Method, Request, Response, StatusCode, Uri};
 use crate::coalesce::{self, Coalescer, Role, Waited};
 use crate::control::{addressed_blocks_in_head, inspect_response, splice};
 use crate::envelope::{
-    parse_request, parse_request_head, OperationElement, RequestEnvelope, SoapVersion,
+    multipart_root, parse_request, parse_request_head, OperationElement, RequestEnvelope,
+    SoapVersion,
 };
 use crate::fault::{self, Culprit, Fault};
 use crate::lifetime;
@@ -250,17 +251,10 @@ async fn route_and_answer(
         }
     };
 
-    // Non-POST (GET ?wsdl, ...) and multipart (SwA/MTOM) messages stream
-    // through untouched.
-    if request.method() != Method::POST || is_multipart(request.headers()) {
-        let response = pass_through(shared, request, target, remote, soap12_content).await;
-        let outcome = if response.status().is_server_error()
-            && response.headers().contains_key("x-soapcache-error")
-        {
-            Outcome::Error
-        } else {
-            Outcome::Bypass
-        };
+    // Non-POST requests (GET ?wsdl, ...) stream through untouched.
+    if request.method() != Method::POST {
+        let (response, outcome) =
+            pass_through(shared, request, target, remote, soap12_content).await;
         return finish(response, outcome);
     }
 
@@ -274,14 +268,13 @@ async fn route_and_answer(
     )
     .await
     {
-        Ok(RequestBody::Whole(body)) => body,
-        Ok(RequestBody::Large { head, rest }) => {
-            let (response, operation, outcome) = large_request(
+        Ok(RequestBody::Whole(body)) if !is_multipart(&parts.headers) => body,
+        Ok(body) => {
+            let (response, operation, outcome) = forward_uncached(
                 shared,
                 service,
                 &parts,
-                head,
-                rest,
+                body,
                 target,
                 remote,
                 soap12_content,
@@ -660,14 +653,14 @@ fn response_forbids_storing(headers: &HeaderMap) -> bool {
     d.no_store || d.private
 }
 
-/// GET ?wsdl, multipart messages: both directions stream.
+/// Non-POST requests (GET ?wsdl, ...): both directions stream, untouched.
 async fn pass_through(
     shared: &Shared,
     request: Request<Incoming>,
     target: Uri,
     remote: SocketAddr,
     soap12_content: bool,
-) -> Response<Body> {
+) -> (Response<Body>, Outcome) {
     let (parts, body) = request.into_parts();
     let outgoing = upstream::build_request(&parts, target, remote, upstream::stream(body));
     match shared.upstream.send_streaming(outgoing).await {
@@ -678,15 +671,12 @@ async fn pass_through(
             *response.extensions_mut() = parts.extensions;
             *response.headers_mut() = upstream::response_headers(&parts.headers);
             mark(response.headers_mut(), "BYPASS", "soapcache; fwd=method");
-            response
+            (response, Outcome::Bypass)
         }
         Err(e) => {
             shared.metrics.upstream_error();
-            let mut response = fault_response(&upstream_fault(version_of(soap12_content), &e));
-            response
-                .headers_mut()
-                .insert("x-soapcache-error", HeaderValue::from_static("upstream"));
-            response
+            let fault = upstream_fault(version_of(soap12_content), &e);
+            (fault_response(&fault), Outcome::Error)
         }
     }
 }
@@ -765,34 +755,55 @@ fn too_large(soap12: bool, max_body: u64) -> Response<Body> {
     ))
 }
 
-/// A request too large to hold (SPEC §6): checked on its first part,
-/// streamed to the service with `--max-body` still enforced, never cached;
-/// the answer is handled as any forwarded answer.
-#[allow(clippy::too_many_arguments)]
-async fn large_request(
+/// Requests forwarded as they come and never cached (SPEC §6): those too
+/// large to hold, and multipart/related ones (SwA, MTOM/XOP). They are
+/// checked on their first bytes (for multipart, the root part's), which
+/// also name the operation; the rest streams with `--max-body` enforced.
+async fn forward_uncached(
     shared: &Shared,
     service: Option<&Service>,
     parts: &Parts,
-    head: Bytes,
-    rest: Incoming,
+    body: RequestBody,
     target: Uri,
     remote: SocketAddr,
     soap12_content: bool,
 ) -> (Response<Body>, Option<String>, Outcome) {
-    let request_head = match parse_request_head(&head) {
-        Ok(request_head) => request_head,
-        Err(e) => {
-            let reason = format!("not an acceptable SOAP message: {e}");
-            let fault = fault::bad_request(e.version, soap12_content, &reason);
-            return (fault_response(&fault), None, Outcome::Error);
-        }
+    let (head, rest) = match body {
+        RequestBody::Whole(whole) => (whole, None),
+        RequestBody::Large { head, rest } => (head, Some(rest)),
     };
-    let operation = request_head.operation.as_ref().map(|op| op.local.clone());
-    let rules = match (service, &request_head.operation) {
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let request_head = match content_type.filter(|_| is_multipart(&parts.headers)) {
+        // A root part we cannot read is forwarded all the same: the
+        // service is the judge of its own attachments.
+        Some(content_type) => {
+            multipart_root(&head, content_type).and_then(|root| parse_request_head(root).ok())
+        }
+        None => match parse_request_head(&head) {
+            Ok(request_head) => Some(request_head),
+            Err(e) => {
+                let reason = format!("not an acceptable SOAP message: {e}");
+                let fault = fault::bad_request(e.version, soap12_content, &reason);
+                return (fault_response(&fault), None, Outcome::Error);
+            }
+        },
+    };
+    let version = request_head
+        .as_ref()
+        .map_or(version_of(soap12_content), |h| h.version);
+    let operation_name = request_head.and_then(|h| h.operation);
+    let operation = operation_name.as_ref().map(|op| op.local.clone());
+    let rules = match (service, &operation_name) {
         (Some(s), Some(op)) => s.rules(op),
         _ => &*DEFAULT_RULES,
     };
-    let (body, exceeded) = upstream::head_then(head, rest, Some(shared.settings.max_body));
+    let (body, exceeded) = match rest {
+        None => (upstream::full(head), Default::default()),
+        Some(rest) => upstream::head_then(head, rest, Some(shared.settings.max_body)),
+    };
     let outgoing = upstream::build_request(parts, target, remote, body);
     let limit = RESPONSE_BUFFER.max(usize::try_from(rules.max_entry_size).unwrap_or(usize::MAX));
     match shared.upstream.fetch_once(outgoing, limit).await {
@@ -805,7 +816,7 @@ async fn large_request(
             shared.metrics.upstream_error();
             tracing::warn!(operation = operation.as_deref().unwrap_or("-"), "{e}");
             (
-                fault_response(&upstream_fault(request_head.version, &e)),
+                fault_response(&upstream_fault(version, &e)),
                 operation,
                 Outcome::Error,
             )

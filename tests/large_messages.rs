@@ -178,12 +178,18 @@ async fn multipart_related_messages_pass_byte_for_byte() {
     let boundary = "MIMEBoundary_7c3f";
     let root = catalog_request("MTOM-1");
     let attachment: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+    // The attachment first, the root part (named by `start`) second.
     let mut message = format!(
-        "--{boundary}\r\nContent-Type: application/xop+xml; charset=UTF-8; type=\"text/xml\"\r\nContent-Transfer-Encoding: binary\r\nContent-ID: <root.message@example.org>\r\n\r\n{root}\r\n--{boundary}\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: binary\r\nContent-ID: <att1@example.org>\r\n\r\n"
+        "--{boundary}\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: binary\r\nContent-ID: <att1@example.org>\r\n\r\n"
     )
     .into_bytes();
     message.extend_from_slice(&attachment);
-    message.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    message.extend_from_slice(
+        format!(
+            "\r\n--{boundary}\r\nContent-Type: application/xop+xml; charset=UTF-8; type=\"text/xml\"\r\nContent-Transfer-Encoding: binary\r\nContent-ID: <root.message@example.org>\r\n\r\n{root}\r\n--{boundary}--\r\n"
+        )
+        .as_bytes(),
+    );
     let content_type = format!(
         "multipart/related; type=\"application/xop+xml\"; start=\"<root.message@example.org>\"; start-info=\"text/xml\"; boundary=\"{boundary}\""
     );
