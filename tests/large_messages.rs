@@ -220,7 +220,7 @@ async fn multipart_related_messages_pass_byte_for_byte() {
     );
     assert_eq!(
         header_values(&upstream.seen()[0].headers, "content-type"),
-        [content_type.clone()]
+        std::slice::from_ref(&content_type)
     );
     assert_eq!(
         answer.body, message,
