@@ -120,7 +120,8 @@ pub struct Invalidation {
 /// One policy file, compiled.
 #[derive(Debug)]
 pub struct Service {
-    pub name: String,
+    /// Shared, as it is part of every cache key of the service.
+    pub name: std::sync::Arc<str>,
     /// Normalised: starts with `/`, no trailing `/` except for `/` itself.
     pub route: String,
     /// `None`: the `--upstream` default applies.
@@ -681,7 +682,7 @@ fn load_file(cx: &mut FileContext<'_>) -> Option<(Service, FileMarks)> {
         None => None,
     };
     let service = Service {
-        name: name?,
+        name: name?.into(),
         route: route?,
         upstream,
         source: cx.file.to_path_buf(),
@@ -1109,7 +1110,7 @@ targets = ["c:CatalogPriceRequest"]
     fn the_spec_example_loads_and_merges_defaults_into_operations() {
         let set = load_one(CATALOG).expect("loads");
         let service = set.route("/catalog").expect("routed");
-        assert_eq!(service.name, "catalog");
+        assert_eq!(&*service.name, "catalog");
         assert_eq!(
             service.upstream.as_ref().unwrap().to_string(),
             "http://127.0.0.1:9000/catalog"
@@ -1171,7 +1172,7 @@ targets = ["c:CatalogPriceRequest"]
 
     fn service(name: &str, route: &str) -> Service {
         Service {
-            name: name.to_owned(),
+            name: name.into(),
             route: route.to_owned(),
             upstream: None,
             source: PathBuf::from(format!("{name}.toml")),
@@ -1188,7 +1189,7 @@ targets = ["c:CatalogPriceRequest"]
             service("catalog", "/catalog"),
             service("prices", "/catalog/prices"),
         ]);
-        let routed = |p: &str| set.route(p).map(|s| s.name.as_str());
+        let routed = |p: &str| set.route(p).map(|s| &*s.name);
         assert_eq!(routed("/catalog"), Some("catalog"));
         assert_eq!(routed("/catalog/"), Some("catalog"));
         assert_eq!(routed("/catalog/x"), Some("catalog"));

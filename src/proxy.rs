@@ -213,7 +213,7 @@ async fn route_and_answer(
     let policies = shared.policies.load_full();
     let service = policies.route(request.uri().path()).map(|s| &**s);
     let service_name: Arc<str> =
-        service.map_or_else(|| DEFAULT_SERVICE.clone(), |s| Arc::from(s.name.as_str()));
+        service.map_or_else(|| DEFAULT_SERVICE.clone(), |s| s.name.clone());
     let soap12_content = is_soap12_content(request.headers());
     let finish = |response, outcome| {
         shared.metrics.record(&service_name, None, false, outcome);
@@ -707,28 +707,44 @@ async fn read_body(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > max_body) {
+    if let Some(len) = declared.filter(|len| *len > max_body) {
+        if len <= DISCARD_LIMIT {
+            discard(&mut body, timeout).await;
+        }
         return Err(too_large(soap12, max_body));
     }
     let read = async {
+        // Most bodies arrive as one frame: kept as it is, not copied.
+        let mut first: Option<Bytes> = None;
         let mut buffer = bytes::BytesMut::new();
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| {
                 let reason = format!("could not read the request body: {e}");
                 fault_response(&fault::bad_request(None, soap12, &reason))
             })?;
-            if let Ok(data) = frame.into_data() {
-                buffer.extend_from_slice(&data);
-                if buffer.len() as u64 > max_body {
-                    return Err(too_large(soap12, max_body));
-                }
-                if buffer.len() > STREAM_THRESHOLD {
-                    let head = buffer.freeze();
-                    return Ok(RequestBody::Large { head, rest: body });
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            match first.take() {
+                None if buffer.is_empty() => first = Some(data),
+                earlier => {
+                    if let Some(earlier) = earlier {
+                        buffer.extend_from_slice(&earlier);
+                    }
+                    buffer.extend_from_slice(&data);
                 }
             }
+            let read = first.as_ref().map_or(buffer.len(), Bytes::len);
+            if read as u64 > max_body {
+                discard(&mut body, timeout).await;
+                return Err(too_large(soap12, max_body));
+            }
+            if read > STREAM_THRESHOLD {
+                let head = first.take().unwrap_or_else(|| buffer.split().freeze());
+                return Ok(RequestBody::Large { head, rest: body });
+            }
         }
-        Ok(RequestBody::Whole(buffer.freeze()))
+        Ok(RequestBody::Whole(first.unwrap_or_else(|| buffer.freeze())))
     };
     match tokio::time::timeout(timeout, read).await {
         Ok(result) => result,
@@ -743,6 +759,26 @@ async fn read_body(
             Err(fault_response(&fault))
         }
     }
+}
+
+/// A refused body up to this size is read and dropped before the 413 goes
+/// out: answering while the requester is still sending makes the closing
+/// connection reset, and the requester may never see the 413.
+const DISCARD_LIMIT: u64 = 64 << 20;
+
+/// Reads and drops what remains of a body, at most `DISCARD_LIMIT` bytes
+/// and `timeout`; nothing is kept.
+async fn discard(body: &mut Incoming, timeout: Duration) {
+    let drain = async {
+        let mut seen = 0u64;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if seen > DISCARD_LIMIT {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(timeout, drain).await;
 }
 
 fn too_large(soap12: bool, max_body: u64) -> Response<Body> {
