@@ -215,17 +215,39 @@ async fn a_reload_through_the_admin_api_shows_in_metrics() {
     let metrics = |text: String| parse_metrics(&text);
 
     write("/other");
-    let reload = http.send("POST", &proxy.admin_url("/reload"), &auth, "").await;
+    let reload = http
+        .send("POST", &proxy.admin_url("/reload"), &auth, "")
+        .await;
     assert_eq!(reload.status, 200, "{}", reload.text());
-    let m = metrics(http.send("GET", &proxy.admin_url("/metrics"), &auth, "").await.text());
+    let m = metrics(
+        http.send("GET", &proxy.admin_url("/metrics"), &auth, "")
+            .await
+            .text(),
+    );
     assert_eq!(m["soapcache_policy_reloads_total"], 1.0);
 
     std::fs::write(&policy, "[service]\nname = 1\n").unwrap();
-    let refused = http.send("POST", &proxy.admin_url("/reload"), &auth, "").await;
+    let refused = http
+        .send("POST", &proxy.admin_url("/reload"), &auth, "")
+        .await;
     assert_eq!(refused.status, 422);
-    assert!(json(&refused)["errors"][0].as_str().unwrap().contains("svc.toml:2"), "{}", refused.text());
-    let m = metrics(http.send("GET", &proxy.admin_url("/metrics"), &auth, "").await.text());
-    assert_eq!(m["soapcache_policy_reloads_total"], 1.0, "a refused reload is not counted");
+    assert!(
+        json(&refused)["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("svc.toml:2"),
+        "{}",
+        refused.text()
+    );
+    let m = metrics(
+        http.send("GET", &proxy.admin_url("/metrics"), &auth, "")
+            .await
+            .text(),
+    );
+    assert_eq!(
+        m["soapcache_policy_reloads_total"], 1.0,
+        "a refused reload is not counted"
+    );
     // The running set is the reloaded one: /other routes to the service.
     let answer = http.soap(&proxy.url("/other"), &catalog_request("R")).await;
     assert_eq!(answer.status, 200);
