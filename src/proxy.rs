@@ -224,30 +224,15 @@ async fn route_and_answer(
         .and_then(|s| s.upstream.as_ref())
         .or(shared.settings.default_upstream.as_ref());
     let route = service.map_or("/", |s| s.route.as_str());
-    let target = match upstream.map(|u| upstream::target_uri(u, route, request.uri())) {
-        Some(Ok(target)) => target,
-        Some(Err(e)) => {
-            return finish(
-                fault_response(&fault::build(
-                    version_of(soap12_content),
-                    Culprit::Receiver,
-                    StatusCode::BAD_GATEWAY,
-                    &e,
-                )),
-                Outcome::Error,
-            )
-        }
-        None => {
-            let reason = format!("no upstream is configured for {}", request.uri().path());
-            return finish(
-                fault_response(&fault::build(
-                    version_of(soap12_content),
-                    Culprit::Receiver,
-                    StatusCode::BAD_GATEWAY,
-                    &reason,
-                )),
-                Outcome::Error,
-            );
+    let target = upstream
+        .ok_or_else(|| format!("no upstream is configured for {}", request.uri().path()))
+        .and_then(|u| upstream::target_uri(u, route, request.uri()));
+    let target = match target {
+        Ok(target) => target,
+        Err(reason) => {
+            let version = version_of(soap12_content);
+            let fault = fault::build(version, Culprit::Receiver, StatusCode::BAD_GATEWAY, &reason);
+            return finish(fault_response(&fault), Outcome::Error);
         }
     };
 
