@@ -202,3 +202,75 @@ async fn the_admin_api_answers_health_and_requires_its_token() {
     assert_eq!(right.status, 200);
     assert_eq!(json(&right)["purged"], 0);
 }
+
+#[test]
+fn a_missing_or_invalid_policy_path_is_one_clear_startup_error() {
+    let (ok, stderr) = run_serve(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--policies",
+        "/nonexistent/policies",
+    ]);
+    assert!(!ok);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("/nonexistent/policies"), "{stderr}");
+
+    let dir = std::env::temp_dir().join(format!("soapcache-bad-policy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad.toml");
+    std::fs::write(
+        &file,
+        "[service]\nname = \"x\"\nroute = \"/x\"\nbogus = 1\n",
+    )
+    .unwrap();
+    let (ok, stderr) = run_serve(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--policies",
+        file.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("bad.toml:4"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_path_no_policy_routes_without_a_default_upstream_gets_a_502_fault() {
+    let upstream = Upstream::catalog().await;
+    let dir = std::env::temp_dir().join(format!("soapcache-unrouted-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("only.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[service]\nname = \"only\"\nroute = \"/only\"\nupstream = \"{}\"\n",
+            upstream.url()
+        ),
+    )
+    .unwrap();
+    let proxy = Soapcache::serve(&["--policies", file.to_str().unwrap()]);
+    let http = Http::default();
+    let answer = http
+        .soap(&proxy.url("/elsewhere"), &catalog_request("X"))
+        .await;
+    assert_eq!(answer.status, 502);
+    assert!(
+        answer
+            .text()
+            .contains("no upstream is configured for /elsewhere"),
+        "{}",
+        answer.text()
+    );
+    assert_eq!(
+        http.soap(&proxy.url("/only"), &catalog_request("X"))
+            .await
+            .status,
+        200
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
