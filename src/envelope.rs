@@ -20,7 +20,7 @@ pub const SOAP12_DRAFT_NS: &str = "http://www.w3.org/2001/12/soap-envelope";
 /// the bound keeps every later pass (selectors, digest) linear and small.
 pub const MAX_DEPTH: usize = 256;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SoapVersion {
     V11,
     V12,

@@ -160,8 +160,16 @@ pub async fn handle(
     let request_id = request_id(request.headers_mut());
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    let abandoned = Abandoned {
+        request_id: &request_id,
+        method: &method,
+        path: &path,
+        started,
+        answered: false,
+    };
     let (mut response, service, operation, outcome) =
         route_and_answer(&shared, request, remote).await;
+    abandoned.answered();
     let upstream = response.extensions().get::<UpstreamTime>().map(|t| t.0);
     if let Some(took) = upstream {
         shared.metrics.upstream_duration(took);
@@ -183,6 +191,40 @@ pub async fn handle(
     );
     response.headers_mut().insert(X_REQUEST_ID, request_id);
     response
+}
+
+/// Logs a request whose requester went away before its answer was ready
+/// (hyper then drops the request's future): it would leave no trace
+/// otherwise. Status 499 as nginx logs it.
+struct Abandoned<'a> {
+    request_id: &'a HeaderValue,
+    method: &'a Method,
+    path: &'a str,
+    started: Instant,
+    answered: bool,
+}
+
+impl Abandoned<'_> {
+    fn answered(mut self) {
+        self.answered = true;
+    }
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            tracing::info!(
+                target: "soapcache::access",
+                request_id = self.request_id.to_str().unwrap_or_default(),
+                method = %self.method,
+                path = self.path,
+                result = "abandoned",
+                status = 499,
+                total_micros = self.started.elapsed().as_micros() as u64,
+                "request abandoned by the requester"
+            );
+        }
+    }
 }
 
 const X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
@@ -438,16 +480,35 @@ fn lookup_key(x: &Exchange<'_>, op: &OperationElement<'_>, rules: &Rules) -> Opt
     let vary = rules
         .vary_headers
         .iter()
-        .map(|h| x.parts.headers.get(h).cloned())
+        .map(|h| header_value_list(&x.parts.headers, h))
         .collect();
     Some(LookupKey {
         scope: Scope {
             service: x.service_name.clone(),
             operation: Arc::from(op.name.to_string()),
+            version: x.version,
             vary,
         },
         selector,
     })
+}
+
+/// All the values of a header, as one: a header sent on several lines
+/// means the same as its values joined with ", " (RFC 9110 §5.3), and a
+/// request that repeats a vary header must not match one that sends only
+/// its first value.
+fn header_value_list(headers: &HeaderMap, name: &header::HeaderName) -> Option<HeaderValue> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next()?;
+    let Some(second) = values.next() else {
+        return Some(first.clone());
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for value in std::iter::once(second).chain(values) {
+        joined.extend_from_slice(b", ");
+        joined.extend_from_slice(value.as_bytes());
+    }
+    HeaderValue::from_bytes(&joined).ok()
 }
 
 /// Forwards without caching (BYPASS): the answer is still stripped of its

@@ -13,6 +13,8 @@ use moka::notification::RemovalCause;
 use moka::sync::Cache;
 use moka::Expiry;
 
+use crate::envelope::SoapVersion;
+
 /// What a key is scoped to: entries of one service, operation and set of
 /// vary-header values never answer requests of another.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -20,6 +22,11 @@ pub struct Scope {
     pub service: Arc<str>,
     /// The operation's expanded name, `{ns}local`.
     pub operation: Arc<str>,
+    /// A SOAP 1.2 requester must not get a stored 1.1 envelope (or the
+    /// reverse), though their operation elements are alike: an extension
+    /// of SPEC §3's key.
+    pub version: SoapVersion,
+    /// Each vary header's values, joined when it was sent more than once.
     pub vary: Box<[Option<HeaderValue>]>,
 }
 
@@ -300,6 +307,7 @@ mod tests {
         Scope {
             service: service.into(),
             operation: "{urn:c}Price".into(),
+            version: SoapVersion::V11,
             vary: Box::new([]),
         }
     }

@@ -570,3 +570,26 @@ async fn h2c_requesters_are_served_too() {
         [proxy.proxy.to_string()]
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn soap_1_1_and_1_2_requesters_never_share_an_entry() {
+    let upstream = Upstream::catalog().await;
+    let proxy = serve_in_front_of(&upstream);
+    let http = Http::default();
+    assert_eq!(
+        http.soap(&proxy.url("/"), &catalog_request("V-1"))
+            .await
+            .x_cache(),
+        "MISS"
+    );
+    let ct = [("content-type", "application/soap+xml; charset=utf-8")];
+    let soap12 = http
+        .send("POST", &proxy.url("/"), &ct, soap12_request("V-1"))
+        .await;
+    assert_eq!(
+        soap12.x_cache(),
+        "MISS",
+        "a 1.1 envelope is no answer to a 1.2 requester"
+    );
+    assert_eq!(upstream.count(), 2);
+}
