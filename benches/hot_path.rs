@@ -1,0 +1,184 @@
+//! The steps of soapcache's request path, each on its own, on ~1 KB
+//! messages: the envelope pass every POST pays, the digest that keys a
+//! request without a policy `key`, the response inspection and splice of
+//! the miss path, and store lookups among 20 000 entries (10 000 reached
+//! through a learned link, 10 000 stored under their selector value).
+//!
+//! `cargo bench --bench hot_path` (add `-- --warm-up-time 1
+//! --measurement-time 3` for a quick run); see docs/PERFORMANCE.md.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use hyper::header::HeaderValue;
+
+mod common;
+
+use soapcache::canonical::digest;
+use soapcache::control::{inspect_response, splice};
+use soapcache::envelope::{parse_request, SoapVersion};
+use soapcache::store::{Entry, LookupKey, Scope, Store};
+
+fn entry(body: Bytes) -> Arc<Entry> {
+    let now = SystemTime::now();
+    let expires_at = now + Duration::from_secs(86_400);
+    Arc::new(Entry {
+        body,
+        content_type: Some(HeaderValue::from_static("text/xml; charset=utf-8")),
+        stored_at: now,
+        expires_at,
+        stale_until: expires_at,
+    })
+}
+
+fn scope() -> Scope {
+    Scope {
+        service: Arc::from("default"),
+        operation: Arc::from("{http://example.org/2001/06/catalog}CatalogPriceRequest"),
+        version: SoapVersion::V11,
+        vary: Box::new([]),
+    }
+}
+
+fn hot_path(c: &mut Criterion) {
+    let xml = common::request_1k("ABC-1234");
+    let body = xml.as_bytes();
+    let envelope = parse_request(body).expect("valid request");
+    let op = envelope.operation.clone().expect("operation");
+
+    let mut group = c.benchmark_group("request_1KB");
+    group.throughput(Throughput::Bytes(body.len() as u64));
+    group.bench_function("parse_request", |b| {
+        b.iter(|| parse_request(black_box(body)).unwrap())
+    });
+    group.bench_function("canonical_digest", |b| {
+        b.iter(|| digest(black_box(&op)).unwrap())
+    });
+    group.bench_function("parse_request+digest", |b| {
+        b.iter(|| {
+            let envelope = parse_request(black_box(body)).unwrap();
+            digest(envelope.operation.as_ref().unwrap()).unwrap()
+        })
+    });
+    group.finish();
+
+    let response = Bytes::from(common::response_1k());
+    let mut group = c.benchmark_group("response_1KB");
+    group.throughput(Throughput::Bytes(response.len() as u64));
+    group.bench_function("inspect_response", |b| {
+        b.iter(|| inspect_response(black_box(&response), &[]).unwrap())
+    });
+    let info = inspect_response(&response, &[]).unwrap();
+    assert_eq!(info.strip.len(), 1);
+    assert!(info.control.is_some());
+    group.bench_function("splice", |b| {
+        b.iter(|| splice(black_box(&response), black_box(&info.strip)))
+    });
+    group.bench_function("inspect_response+splice", |b| {
+        b.iter(|| {
+            let info = inspect_response(black_box(&response), &[]).unwrap();
+            splice(&response, &info.strip)
+        })
+    });
+    group.finish();
+
+    // 10 000 entries as the proxy stores them without a policy key: a
+    // learned link from the request digest to the CacheKey, then the entry.
+    // Fewer in test mode (`cargo test --all-targets` runs each bench once,
+    // unoptimised): the point there is only that it works.
+    let entries: u32 = if std::env::args().any(|a| a == "--bench") {
+        10_000
+    } else {
+        1_000
+    };
+    let store = Store::new(1 << 30);
+    let stored = Bytes::from(vec![b'x'; 800]);
+    let digest_of = |i: u32| {
+        blake3::hash(format!("request {i}").as_bytes())
+            .to_hex()
+            .to_string()
+    };
+    for i in 0..entries {
+        let key = LookupKey {
+            scope: scope(),
+            selector: digest_of(i),
+        };
+        store.insert(&key, &format!("ABC-{i:05}"), entry(stored.clone()));
+    }
+    // And as many under a policy key that selects the CacheKey itself.
+    for i in 0..entries {
+        let key = LookupKey {
+            scope: scope(),
+            selector: format!("DIRECT-{i:05}"),
+        };
+        store.insert(&key, &key.selector.clone(), entry(stored.clone()));
+    }
+    let via_link = LookupKey {
+        scope: scope(),
+        selector: digest_of(321),
+    };
+    let direct = LookupKey {
+        scope: scope(),
+        selector: "DIRECT-00321".to_owned(),
+    };
+    let absent = LookupKey {
+        scope: scope(),
+        selector: digest_of(99_999),
+    };
+    assert!(store.lookup(&via_link).is_some());
+    assert!(store.lookup(&direct).is_some());
+    assert!(store.lookup(&absent).is_none());
+
+    let mut group = c.benchmark_group("store_20k_entries");
+    group.bench_function("lookup_hit_via_link", |b| {
+        b.iter(|| store.lookup(black_box(&via_link)).unwrap())
+    });
+    group.bench_function("lookup_hit_direct", |b| {
+        b.iter(|| store.lookup(black_box(&direct)).unwrap())
+    });
+    group.bench_function("lookup_miss", |b| {
+        b.iter(|| store.lookup(black_box(&absent)))
+    });
+    group.finish();
+
+    // The whole key computation of a hit, as the proxy does it without a
+    // policy: envelope pass, digest, the lookup key's scope, the lookup.
+    let mut group = c.benchmark_group("hit_path_key");
+    let key_body = xml.replace("ABC-1234", "ABC-4321");
+    let key_digest = {
+        let env = parse_request(key_body.as_bytes()).unwrap();
+        digest(env.operation.as_ref().unwrap()).unwrap()
+    };
+    store.insert(
+        &LookupKey {
+            scope: scope(),
+            selector: key_digest,
+        },
+        "ABC-4321",
+        entry(stored.clone()),
+    );
+    let service: Arc<str> = Arc::from("default");
+    group.bench_function("parse+digest+scope+lookup", |b| {
+        b.iter(|| {
+            let envelope = parse_request(black_box(key_body.as_bytes())).unwrap();
+            let op = envelope.operation.as_ref().unwrap();
+            let key = LookupKey {
+                scope: Scope {
+                    service: service.clone(),
+                    operation: Arc::from(op.name.to_string()),
+                    version: envelope.version,
+                    vary: Box::new([]),
+                },
+                selector: digest(op).unwrap(),
+            };
+            store.lookup(&key).unwrap()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, hot_path);
+criterion_main!(benches);
