@@ -18,6 +18,7 @@ pub mod envelope;
 pub mod fault;
 pub mod lifetime;
 pub mod listener;
+pub mod memo;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

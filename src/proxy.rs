@@ -26,6 +26,7 @@ use crate::envelope::{
 };
 use crate::fault::{self, Culprit, Fault};
 use crate::lifetime;
+use crate::memo::{Known, Memo};
 use crate::metrics::{Metrics, Outcome};
 use crate::policy::{PolicySet, Rules, Service};
 use crate::store::{Entry, LookupKey, Scope, Store};
@@ -63,6 +64,7 @@ pub struct Settings {
 pub struct Shared {
     pub policies: ArcSwap<PolicySet>,
     pub store: Store,
+    memo: Memo,
     pub metrics: Metrics,
     flights: Coalescer<LookupKey>,
     upstream: Upstream,
@@ -75,6 +77,7 @@ impl Shared {
         Ok(Arc::new(Shared {
             policies: ArcSwap::from_pointee(policies),
             store: Store::new(settings.cache_size),
+            memo: Memo::new((settings.cache_size / 16).clamp(1 << 20, 64 << 20)),
             metrics: Metrics::new(),
             flights: Coalescer::default(),
             upstream: Upstream::new(settings.upstream_timeout, tls),
@@ -96,6 +99,7 @@ impl Shared {
             Ok(set) => {
                 let summary = set.summary();
                 self.policies.store(Arc::new(set));
+                self.memo.forget_all();
                 self.metrics.reloaded();
                 tracing::info!(path = %path.display(), services = summary.len(), "policies reloaded");
                 Ok(summary)
@@ -314,6 +318,17 @@ async fn route_and_answer(
         }
         Err(response) => return finish(response, Outcome::Error),
     };
+    // A byte-for-byte repeat of a request seen before: no XML pass needed.
+    if let Some(known) = shared.memo.recall(&service_name, &body) {
+        if let Some(response) = memo_hit(shared, service, &service_name, &parts.headers, &known) {
+            let declared = service.is_some_and(|s| s.operation(&known.name).is_some());
+            let operation = Some(known.name.local.clone());
+            shared
+                .metrics
+                .record(&service_name, operation.as_deref(), declared, Outcome::Hit);
+            return (response, service_name, operation, Outcome::Hit);
+        }
+    }
     let envelope = match parse_request(&body) {
         Ok(envelope) => envelope,
         Err(e) => {
@@ -361,22 +376,67 @@ async fn answer_soap(
     let rules = x.service.map_or(&*DEFAULT_RULES, |s| s.rules(&op.name));
     let requester = directives(&x.parts.headers);
     let writes = x.service.and_then(|s| s.invalidation(&op.name)).is_some();
-    if !rules.cache || requester.no_store || writes || !may_share(x, envelope, rules) {
+    let shareable = may_share(&x.parts.headers, envelope.has_security_header, rules);
+    if !rules.cache || requester.no_store || writes || !shareable {
         return forward(x, Some(op)).await;
     }
 
-    let Some(lookup) = lookup_key(x, op, rules) else {
+    let Some(selector) = select_key(x, op) else {
         return forward(x, Some(op)).await;
     };
-    let (mut response, outcome) = answer_by_key(x, op, rules, &lookup, requester).await;
-    if x.shared.settings.debug_headers {
+    let known = Known {
+        version: x.version,
+        name: op.name.clone(),
+        operation: Arc::from(op.name.to_string()),
+        selector,
+        has_security_header: envelope.has_security_header,
+    };
+    let lookup = lookup_key(&x.service_name, &known, &x.parts.headers, rules);
+    x.shared.memo.remember(&x.service_name, &x.body, known);
+    let (response, outcome) = answer_by_key(x, op, rules, &lookup, requester).await;
+    (with_debug_key(x.shared, response, &lookup), outcome)
+}
+
+/// The hot path of a repeat request: a fresh entry for a body the memo
+/// knows, when the request's headers allow a cached answer. `None` sends
+/// the request down the full path.
+fn memo_hit(
+    shared: &Shared,
+    service: Option<&Service>,
+    service_name: &Arc<str>,
+    headers: &HeaderMap,
+    known: &Known,
+) -> Option<Response<Body>> {
+    let rules = service.map_or(&*DEFAULT_RULES, |s| s.rules(&known.name));
+    let requester = directives(headers);
+    if !rules.cache
+        || requester.no_store
+        || requester.no_cache
+        || !may_share(headers, known.has_security_header, rules)
+    {
+        return None;
+    }
+    let lookup = lookup_key(service_name, known, headers, rules);
+    let now = clock::now();
+    let entry = shared.store.lookup(&lookup).filter(|e| e.is_fresh(now))?;
+    let response = cached_response(&entry, now, "HIT", "soapcache; hit");
+    Some(with_debug_key(shared, response, &lookup))
+}
+
+/// With `--debug-headers`, the request's selector value as `X-Cache-Key`.
+fn with_debug_key(
+    shared: &Shared,
+    mut response: Response<Body>,
+    lookup: &LookupKey,
+) -> Response<Body> {
+    if shared.settings.debug_headers {
         // Percent-encoded: a key may hold any character, a header may not.
         let key: String = form_urlencoded::byte_serialize(lookup.selector.as_bytes()).collect();
         if let Ok(value) = HeaderValue::from_str(&key) {
             response.headers_mut().insert("x-cache-key", value);
         }
     }
-    (response, outcome)
+    response
 }
 
 /// Hit, coalesced wait or fetch, for a request that has a lookup key.
@@ -452,45 +512,58 @@ async fn answer_by_key(
 /// is answered from, or stored in, the shared cache only when the policy
 /// says so: `shared = true`, or `Authorization` is one of its vary headers
 /// so that each credential gets its own entries.
-fn may_share(x: &Exchange<'_>, envelope: &RequestEnvelope<'_>, rules: &Rules) -> bool {
+fn may_share(headers: &HeaderMap, has_security_header: bool, rules: &Rules) -> bool {
     if rules.shared {
         return true;
     }
-    let authorization = x.parts.headers.contains_key(header::AUTHORIZATION);
+    let authorization = headers.contains_key(header::AUTHORIZATION);
     let varies_by_authorization = rules.vary_headers.contains(&header::AUTHORIZATION);
-    !envelope.has_security_header && (!authorization || varies_by_authorization)
+    !has_security_header && (!authorization || varies_by_authorization)
 }
 
-/// `(service, operation, selector value, vary values)`, or `None` when the
-/// policy's key cannot be evaluated on this request (then it is forwarded).
-fn lookup_key(x: &Exchange<'_>, op: &OperationElement<'_>, rules: &Rules) -> Option<LookupKey> {
+/// The request's selector value: the policy's `key` expressions, or the
+/// digest of the operation element. `None` when it cannot be evaluated on
+/// this request (then the request is forwarded).
+fn select_key(x: &Exchange<'_>, op: &OperationElement<'_>) -> Option<String> {
     let policy_key = x
         .service
         .and_then(|s| s.operation(&op.name))
         .and_then(|o| o.key.as_ref());
-    let selector = match policy_key {
+    match policy_key {
         Some(selector) => selector
             .select(op)
             .map_err(|e| tracing::warn!("key selection failed: {e}"))
-            .ok()?,
+            .ok(),
         None => canonical::digest(op)
             .map_err(|e| tracing::warn!("request digest failed: {e}"))
-            .ok()?,
-    };
+            .ok(),
+    }
+}
+
+/// `(service, operation, selector value, vary values)`, scoped by SOAP
+/// version too.
+fn lookup_key(service: &Arc<str>, known: &Known, headers: &HeaderMap, rules: &Rules) -> LookupKey {
     let vary = rules
         .vary_headers
         .iter()
-        .map(|h| header_value_list(&x.parts.headers, h))
+        .map(|h| header_value_list(headers, h))
         .collect();
-    Some(LookupKey {
+    LookupKey {
         scope: Scope {
-            service: x.service_name.clone(),
-            operation: Arc::from(op.name.to_string()),
-            version: x.version,
+            service: service.clone(),
+            operation: known.operation.clone(),
+            version: known.version,
             vary,
         },
-        selector,
-    })
+        selector: known.selector.clone(),
+    }
+}
+
+/// A header value in its own allocation. Values hyper parsed are slices of
+/// the connection's read buffer; one kept in the cache would keep that
+/// whole buffer (8 KiB and more) alive with it.
+fn owned(value: &HeaderValue) -> HeaderValue {
+    HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone())
 }
 
 /// All the values of a header, as one: a header sent on several lines
@@ -501,7 +574,7 @@ fn header_value_list(headers: &HeaderMap, name: &header::HeaderName) -> Option<H
     let mut values = headers.get_all(name).iter();
     let first = values.next()?;
     let Some(second) = values.next() else {
-        return Some(first.clone());
+        return Some(owned(first));
     };
     let mut joined = first.as_bytes().to_vec();
     for value in std::iter::once(second).chain(values) {
@@ -671,7 +744,7 @@ async fn fetch_and_store(
         .to_owned();
     let entry = Arc::new(Entry {
         body: stripped.clone(),
-        content_type: parts.headers.get(header::CONTENT_TYPE).cloned(),
+        content_type: parts.headers.get(header::CONTENT_TYPE).map(owned),
         stored_at: now,
         expires_at,
         stale_until: expires_at

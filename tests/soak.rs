@@ -509,7 +509,7 @@ async fn client(
     until: Instant,
     results: Arc<Mutex<Results>>,
 ) {
-    let mut rng = Rng::new(seed.wrapping_add(id as u64 * 0x9E37_79B9_7F4A_7C15));
+    let mut rng = Rng::new(seed.wrapping_add((id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
     while Instant::now() < until {
         let kind = Kind::pick(&mut rng);
         let (method, headers, body, part) = make_request(kind, &mut rng);

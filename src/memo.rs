@@ -1,0 +1,129 @@
+//! Keys of recently seen request bodies.
+//!
+//! Most repeat requests repeat byte for byte. For those, the envelope pass
+//! and the key selection would compute again what they computed before, and
+//! on a hit those two XML passes are most of soapcache's own work. The memo
+//! remembers, per service, what a body decided: its SOAP version, operation
+//! and selector value. Entries are found by the body bytes themselves (hash,
+//! then a full comparison), so a hash collision can never hand one request
+//! another's key. Everything a request's *headers* decide (credentials,
+//! `Cache-Control`, vary values) is still checked on every request.
+//!
+//! The memo is forgotten whenever policies are reloaded: a selector value
+//! is only valid for the policy that computed it.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use moka::sync::Cache;
+
+use crate::envelope::{ExpandedName, SoapVersion};
+
+/// Bodies larger than this are not remembered: repeats of large requests
+/// are rare and each would cost its size again in memory.
+const MAX_BODY: usize = 16 * 1024;
+
+/// What a cacheable request's body decided.
+#[derive(Debug, Clone)]
+pub struct Known {
+    pub version: SoapVersion,
+    pub name: ExpandedName,
+    /// `{namespace}local`, as the store's scope holds it.
+    pub operation: Arc<str>,
+    pub selector: String,
+    pub has_security_header: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Seen {
+    service: Arc<str>,
+    body: Bytes,
+}
+
+#[derive(Clone)]
+pub struct Memo {
+    seen: Cache<Seen, Arc<Known>>,
+}
+
+impl Memo {
+    /// A memo holding at most about `max_bytes` of bodies.
+    pub fn new(max_bytes: u64) -> Memo {
+        let seen = Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|seen: &Seen, known: &Arc<Known>| {
+                let bytes = seen.body.len() + known.selector.len() + known.operation.len() + 128;
+                u32::try_from(bytes).unwrap_or(u32::MAX)
+            })
+            .build();
+        Memo { seen }
+    }
+
+    pub fn recall(&self, service: &Arc<str>, body: &Bytes) -> Option<Arc<Known>> {
+        if body.len() > MAX_BODY {
+            return None;
+        }
+        self.seen.get(&Seen {
+            service: service.clone(),
+            body: body.clone(),
+        })
+    }
+
+    pub fn remember(&self, service: &Arc<str>, body: &Bytes, known: Known) {
+        if body.len() > MAX_BODY {
+            return;
+        }
+        // A copy: `body` may be a slice of a larger connection buffer,
+        // which the memo must not keep alive.
+        let seen = Seen {
+            service: service.clone(),
+            body: Bytes::copy_from_slice(body),
+        };
+        self.seen.insert(seen, Arc::new(known));
+    }
+
+    pub fn forget_all(&self) {
+        self.seen.invalidate_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn known(selector: &str) -> Known {
+        Known {
+            version: SoapVersion::V11,
+            name: ExpandedName {
+                namespace: "urn:c".into(),
+                local: "Price".into(),
+            },
+            operation: "{urn:c}Price".into(),
+            selector: selector.into(),
+            has_security_header: false,
+        }
+    }
+
+    #[test]
+    fn only_the_same_bytes_for_the_same_service_are_recalled() {
+        let memo = Memo::new(1 << 20);
+        let service: Arc<str> = "catalog".into();
+        let body = Bytes::from_static(b"<Envelope>one</Envelope>");
+        memo.remember(&service, &body, known("k1"));
+        assert_eq!(memo.recall(&service, &body).unwrap().selector, "k1");
+        assert!(memo
+            .recall(&service, &Bytes::from_static(b"<Envelope>two</Envelope>"))
+            .is_none());
+        assert!(memo.recall(&"other".into(), &body).is_none());
+        memo.forget_all();
+        assert!(memo.recall(&service, &body).is_none());
+    }
+
+    #[test]
+    fn large_bodies_are_not_remembered() {
+        let memo = Memo::new(1 << 20);
+        let service: Arc<str> = "s".into();
+        let body = Bytes::from(vec![b'x'; MAX_BODY + 1]);
+        memo.remember(&service, &body, known("k"));
+        assert!(memo.recall(&service, &body).is_none());
+    }
+}
