@@ -23,6 +23,9 @@ const NEXT_ROLES: [&str; 4] = [
     "http://www.w3.org/2001/12/soap-envelope/role/next",
 ];
 
+/// See `inspect_response`: the same bound as requests have.
+const MAX_DECLARATIONS: usize = crate::envelope::MAX_NAMESPACE_DECLARATIONS;
+
 /// The content of the first `CacheControl` block addressed to soapcache.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ControlBlock {
@@ -44,6 +47,16 @@ pub struct ResponseEnvelope {
 /// (not UTF-8, not XML, a DTD, another root): such bodies pass untouched
 /// and are never stored.
 pub fn inspect_response(body: &[u8], roles: &[String]) -> Option<ResponseEnvelope> {
+    // roxmltree gives every element that declares a namespace its own copy
+    // of the bindings in scope: thousands of declarations on thousands of
+    // elements would take memory quadratic in the body. Real SOAP answers
+    // declare a handful; a flood is passed on untouched and never stored.
+    let declarations = memchr::memmem::find_iter(body, b"xmlns")
+        .take(MAX_DECLARATIONS + 1)
+        .count();
+    if declarations > MAX_DECLARATIONS {
+        return None;
+    }
     let text = std::str::from_utf8(body).ok()?;
     let doc = roxmltree::Document::parse(text).ok()?;
     let envelope = doc.root_element();
@@ -307,5 +320,14 @@ mod tests {
         // Body not reached yet: nothing is certain, nothing is cut.
         assert!(addressed_blocks_in_head(&RESPONSE.as_bytes()[..body_at - 5], &[]).is_empty());
         assert!(addressed_blocks_in_head(b"<html>", &[]).is_empty());
+    }
+
+    #[test]
+    fn a_flood_of_namespace_declarations_is_not_parsed() {
+        let elements: String = (0..600).map(|_| "<a xmlns:b=\"v\"/>").collect();
+        let body = format!(
+            "<s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\"><s:Header>{elements}</s:Header><s:Body/></s:Envelope>"
+        );
+        assert!(inspect_response(body.as_bytes(), &[]).is_none());
     }
 }

@@ -20,6 +20,13 @@ pub const SOAP12_DRAFT_NS: &str = "http://www.w3.org/2001/12/soap-envelope";
 /// the bound keeps every later pass (selectors, digest) linear and small.
 pub const MAX_DEPTH: usize = 256;
 
+/// More namespace declarations than this in one message are refused (real
+/// SOAP messages declare a handful); see `check_attributes`.
+pub const MAX_NAMESPACE_DECLARATIONS: usize = 512;
+
+/// More attributes than this on one element are refused.
+pub const MAX_ATTRIBUTES: usize = 256;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SoapVersion {
     V11,
@@ -184,6 +191,7 @@ fn scan(body: &[u8], head_only: bool) -> Result<Scanned<'_>, EnvelopeError> {
     let mut operation: Option<OperationElement<'_>> = None;
     let mut operation_start: Option<(usize, ExpandedName, NamespaceResolver)> = None;
     let mut root_done = false;
+    let mut declarations = 0usize;
 
     loop {
         let before = reader.buffer_position() as usize;
@@ -215,7 +223,7 @@ fn scan(body: &[u8], head_only: bool) -> Result<Scanned<'_>, EnvelopeError> {
                         "malformed XML: content after the root element",
                     ));
                 }
-                check_attributes(start, version)?;
+                check_attributes(start, version, &mut declarations)?;
                 depth += 1;
                 if depth > MAX_DEPTH {
                     return Err(EnvelopeError::new(
@@ -435,15 +443,31 @@ fn namespace_of<'r>(
 }
 
 /// Attribute syntax and uniqueness are part of well-formedness; quick-xml
-/// checks them only when the attributes are iterated.
+/// checks them only when the attributes are iterated. Also counts the
+/// namespace declarations: resolving a name looks through the bindings in
+/// scope, so many declarations times many elements would cost time
+/// quadratic in the body size.
 fn check_attributes(
     start: &BytesStart<'_>,
     version: Option<SoapVersion>,
+    declarations: &mut usize,
 ) -> Result<(), EnvelopeError> {
+    let mut count = 0usize;
     for attribute in start.attributes() {
-        if let Err(e) = attribute {
-            return Err(EnvelopeError::new(version, format!("malformed XML: {e}")));
+        match attribute {
+            Err(e) => return Err(EnvelopeError::new(version, format!("malformed XML: {e}"))),
+            Ok(a) if a.key.as_namespace_binding().is_some() => *declarations += 1,
+            Ok(_) => {}
         }
+        count += 1;
+        if count > MAX_ATTRIBUTES {
+            let reason = format!("more than {MAX_ATTRIBUTES} attributes on one element");
+            return Err(EnvelopeError::new(version, reason));
+        }
+    }
+    if *declarations > MAX_NAMESPACE_DECLARATIONS {
+        let reason = format!("more than {MAX_NAMESPACE_DECLARATIONS} namespace declarations");
+        return Err(EnvelopeError::new(version, reason));
     }
     Ok(())
 }
@@ -669,5 +693,36 @@ mod tests {
             multipart_root(b"no boundary here", "multipart/related; boundary=b1"),
             None
         );
+    }
+
+    #[test]
+    fn floods_of_namespace_declarations_or_attributes_are_refused() {
+        // Spread over three elements, each within the attribute bound.
+        let decls = |from: usize, n: usize| -> String {
+            (from..from + n)
+                .map(|i| format!(" xmlns:n{i}=\"u\""))
+                .collect()
+        };
+        let third = MAX_NAMESPACE_DECLARATIONS / 3 + 1;
+        let xml = format!(
+            r#"<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"{}><soap:Body{}><a{}/></soap:Body></soap:Envelope>"#,
+            decls(0, third),
+            decls(third, third),
+            decls(2 * third, third)
+        );
+        assert!(parse_request(xml.as_bytes())
+            .unwrap_err()
+            .reason
+            .contains("namespace declarations"));
+        let attrs: String = (0..=MAX_ATTRIBUTES)
+            .map(|i| format!(" a{i}=\"1\""))
+            .collect();
+        let xml = format!(
+            r#"<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body><a{attrs}/></soap:Body></soap:Envelope>"#
+        );
+        assert!(parse_request(xml.as_bytes())
+            .unwrap_err()
+            .reason
+            .contains("attributes"));
     }
 }
