@@ -18,6 +18,7 @@ use bytes::Bytes;
 use moka::sync::Cache;
 
 use crate::envelope::{ExpandedName, SoapVersion};
+use crate::metrics::Tally;
 
 /// Bodies larger than this are not remembered: repeats of large requests
 /// are rare and each would cost its size again in memory.
@@ -32,6 +33,8 @@ pub struct Known {
     pub operation: Arc<str>,
     pub selector: String,
     pub has_security_header: bool,
+    /// The metric counters a hit of this request increments.
+    pub hits: Tally,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -100,6 +103,12 @@ mod tests {
             operation: "{urn:c}Price".into(),
             selector: selector.into(),
             has_security_header: false,
+            hits: crate::metrics::Metrics::new().tally(
+                "s",
+                None,
+                false,
+                crate::metrics::Outcome::Hit,
+            ),
         }
     }
 

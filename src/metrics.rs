@@ -44,6 +44,29 @@ impl Outcome {
     }
 }
 
+/// The counters one kind of answer increments (see `Metrics::tally`).
+#[derive(Debug, Clone)]
+pub struct Tally {
+    requests: Counter,
+    service: Arc<ServiceCounts>,
+    outcome: Outcome,
+}
+
+impl Tally {
+    pub fn count(&self) {
+        self.requests.inc();
+        let c = &self.service;
+        let counter = match self.outcome {
+            Outcome::Hit => &c.hits,
+            Outcome::Miss => &c.misses,
+            Outcome::Bypass => &c.bypasses,
+            Outcome::Stale => &c.stale,
+            Outcome::Error => &c.errors,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     service: String,
@@ -184,27 +207,37 @@ impl Metrics {
     /// Counts one answered request. `declared` says the operation is named
     /// in a policy, so its label is always allowed.
     pub fn record(&self, service: &str, operation: Option<&str>, declared: bool, outcome: Outcome) {
+        self.tally(service, operation, declared, outcome).count();
+    }
+
+    /// The counters an answer of this kind increments, looked up once:
+    /// the memo keeps the tally of a repeat request's hits, so counting
+    /// them needs no label lookup.
+    pub fn tally(
+        &self,
+        service: &str,
+        operation: Option<&str>,
+        declared: bool,
+        outcome: Outcome,
+    ) -> Tally {
         let operation = match operation {
             None => "none".to_owned(),
             Some(op) if declared => op.to_owned(),
             Some(op) => self.bounded_operation_label(op),
         };
-        self.requests
+        let requests = self
+            .requests
             .get_or_create(&RequestLabels {
                 service: service.to_owned(),
                 operation,
                 result: outcome.label(),
             })
-            .inc();
-        let counts = self.service_counts(service);
-        let counter = match outcome {
-            Outcome::Hit => &counts.hits,
-            Outcome::Miss => &counts.misses,
-            Outcome::Bypass => &counts.bypasses,
-            Outcome::Stale => &counts.stale,
-            Outcome::Error => &counts.errors,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+            .clone();
+        Tally {
+            requests,
+            service: self.service_counts(service),
+            outcome,
+        }
     }
 
     fn bounded_operation_label(&self, op: &str) -> String {

@@ -321,11 +321,8 @@ async fn route_and_answer(
     // A byte-for-byte repeat of a request seen before: no XML pass needed.
     if let Some(known) = shared.memo.recall(&service_name, &body) {
         if let Some(response) = memo_hit(shared, service, &service_name, &parts.headers, &known) {
-            let declared = service.is_some_and(|s| s.operation(&known.name).is_some());
+            known.hits.count();
             let operation = Some(known.name.local.clone());
-            shared
-                .metrics
-                .record(&service_name, operation.as_deref(), declared, Outcome::Hit);
             return (response, service_name, operation, Outcome::Hit);
         }
     }
@@ -390,6 +387,12 @@ async fn answer_soap(
         operation: Arc::from(op.name.to_string()),
         selector,
         has_security_header: envelope.has_security_header,
+        hits: x.shared.metrics.tally(
+            &x.service_name,
+            Some(&op.name.local),
+            x.declared,
+            Outcome::Hit,
+        ),
     };
     let lookup = lookup_key(&x.service_name, &known, &x.parts.headers, rules);
     x.shared.memo.remember(&x.service_name, &x.body, known);
