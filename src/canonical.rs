@@ -89,9 +89,7 @@ fn hash_start(
         }
         let (ns, local) = reader.resolve_attribute(attribute.key);
         let ns = namespace(ns);
-        let mut value = attribute
-            .decode_and_unescape_value(reader.decoder())?
-            .into_owned();
+        let mut value = crate::envelope::attribute_value(&attribute.value)?;
         // xsi:type names a type by QName: its prefix is as arbitrary as an
         // element's, so it is canonicalised the same way.
         if ns == XSI_NS && local.as_ref() == b"type" {
@@ -187,5 +185,17 @@ mod tests {
             r#"<P xmlns="urn:x" xmlns:u="urn:t" xsi:type="u:Kind"/>"#,
         ));
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn attribute_values_are_compared_as_xml_normalizes_them() {
+        // A literal tab or line feed is a space; a character reference is kept.
+        let tab = digest_of(&wrap("", "<P xmlns=\"urn:x\" a=\"x\ty\"/>"));
+        let space = digest_of(&wrap("", "<P xmlns=\"urn:x\" a=\"x y\"/>"));
+        let reference = digest_of(&wrap("", "<P xmlns=\"urn:x\" a=\"x&#10;y\"/>"));
+        let literal_lf = digest_of(&wrap("", "<P xmlns=\"urn:x\" a=\"x\ny\"/>"));
+        assert_eq!(tab, space);
+        assert_eq!(literal_lf, space);
+        assert_ne!(reference, space);
     }
 }

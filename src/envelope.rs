@@ -178,6 +178,15 @@ enum Scanned<'a> {
 /// body, every well-formedness check) and `parse_request_head` (stop at the
 /// operation's start tag or where the bytes end).
 fn scan(body: &[u8], head_only: bool) -> Result<Scanned<'_>, EnvelopeError> {
+    // quick-xml skips a UTF-8 byte order mark without counting it in its
+    // positions: read past it ourselves so ranges index `body` exactly.
+    let bom = if body.starts_with(b"\xEF\xBB\xBF") {
+        3
+    } else {
+        0
+    };
+    let document = body;
+    let body = &body[bom..];
     let mut reader = quick_xml::NsReader::from_reader(body);
     reader.config_mut().check_end_names = true;
 
@@ -287,8 +296,8 @@ fn scan(body: &[u8], head_only: bool) -> Result<Scanned<'_>, EnvelopeError> {
                             operation = Some(OperationElement {
                                 name,
                                 xml: &body[before..end],
-                                range: before..end,
-                                document: body,
+                                range: before + bom..end + bom,
+                                document,
                                 scope,
                             });
                         } else {
@@ -311,8 +320,8 @@ fn scan(body: &[u8], head_only: bool) -> Result<Scanned<'_>, EnvelopeError> {
                         operation = Some(OperationElement {
                             name,
                             xml: &body[start..end],
-                            range: start..end,
-                            document: body,
+                            range: start + bom..end + bom,
+                            document,
                             scope,
                         });
                     }
@@ -384,6 +393,7 @@ fn scan(body: &[u8], head_only: bool) -> Result<Scanned<'_>, EnvelopeError> {
     if !seen_body {
         return Err(EnvelopeError::new(Some(version), "Envelope has no Body"));
     }
+    check_well_formed(document, version)?;
     Ok(Scanned::Whole(RequestEnvelope {
         version,
         operation,
@@ -422,6 +432,18 @@ pub fn multipart_root<'a>(message: &'a [u8], content_type: &str) -> Option<&'a [
         }
         at = content + finder.find(&message[content..])? + boundary.len();
     }
+}
+
+/// The full well-formedness check quick-xml's scan does not make (names,
+/// characters, attribute values, attributes duplicated after namespace
+/// resolution, ...), by roxmltree, a strict parser. It runs only for bodies
+/// not seen before: repeats are answered from the memo without any parse.
+fn check_well_formed(document: &[u8], version: SoapVersion) -> Result<(), EnvelopeError> {
+    let malformed =
+        |reason: String| EnvelopeError::new(Some(version), format!("malformed XML: {reason}"));
+    let text = std::str::from_utf8(document).map_err(|e| malformed(format!("not UTF-8: {e}")))?;
+    roxmltree::Document::parse(text).map_err(|e| malformed(e.to_string()))?;
+    Ok(())
 }
 
 /// A prefix with no declaration makes the document not namespace-well-formed.
@@ -512,6 +534,20 @@ impl<'a> FragmentReader<'a> {
     pub fn decoder(&self) -> quick_xml::encoding::Decoder {
         self.reader.decoder()
     }
+}
+
+/// An attribute's value as XML defines it: literal line ends, tabs and
+/// newlines become spaces (attribute-value normalization for undeclared
+/// attributes), then references are resolved, so `&#10;` stays a line feed.
+pub fn attribute_value(raw: &[u8]) -> Result<String, quick_xml::Error> {
+    let raw = std::str::from_utf8(raw).map_err(quick_xml::encoding::EncodingError::from)?;
+    let normalized: std::borrow::Cow<'_, str> =
+        if raw.bytes().any(|b| matches!(b, b'\t' | b'\n' | b'\r')) {
+            std::borrow::Cow::Owned(raw.replace("\r\n", " ").replace(['\t', '\n', '\r'], " "))
+        } else {
+            std::borrow::Cow::Borrowed(raw)
+        };
+    Ok(quick_xml::escape::unescape(&normalized)?.into_owned())
 }
 
 /// Appends the character data an event contributes to a text node (text,
@@ -724,5 +760,37 @@ mod tests {
             .unwrap_err()
             .reason
             .contains("attributes"));
+    }
+
+    #[test]
+    fn what_a_quick_scan_would_let_through_is_refused_too() {
+        let wrap = |op: &str| {
+            format!(
+                r#"<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body>{op}</soap:Body></soap:Envelope>"#
+            )
+        };
+        for bad in [
+            r#"<a x="1<2"/>"#,
+            r#"<a x="&bogus;"/>"#,
+            r#"<a q:x="1"/>"#,
+            r#"<a xmlns:p="u" xmlns:q="u" p:x="1" q:x="2"/>"#,
+            "<a>\u{1}</a>",
+            "<a><!-- a -- b --></a>",
+            "<a>]]></a>",
+        ] {
+            let err = parse_request(wrap(bad).as_bytes()).expect_err(bad);
+            assert_eq!(err.version, Some(SoapVersion::V11), "{bad}");
+        }
+        assert!(parse_request(b"<soap:Envelope xmlns:soap=\"http://schemas.xmlsoap.org/soap/envelope/\"><soap:Body><a>\xff</a></soap:Body></soap:Envelope>").is_err());
+    }
+
+    #[test]
+    fn a_byte_order_mark_does_not_shift_the_operation() {
+        let mut body = b"\xEF\xBB\xBF".to_vec();
+        body.extend_from_slice(SOAP11.as_bytes());
+        let env = parse_request(&body).expect("valid with a BOM");
+        let op = env.operation.unwrap();
+        assert!(op.xml.starts_with(b"<c:CatalogPriceRequest>"));
+        assert_eq!(&body[op.range.clone()], op.xml);
     }
 }

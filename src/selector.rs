@@ -32,8 +32,6 @@
 //! parser, which does not apply a default namespace declared on a prefixed
 //! element (`<x:A xmlns="urn:a"><B/></x:A>`) to its descendants.
 
-use std::borrow::Cow;
-
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::name::ResolveResult;
 
@@ -481,19 +479,9 @@ fn find_attribute(
     Ok(None)
 }
 
-/// An attribute's XPath value: line ends and literal whitespace become
-/// spaces (XML attribute-value normalization for undeclared attributes),
-/// then references are resolved, so `&#10;` stays a line feed.
+/// An attribute's XPath value (see `envelope::attribute_value`).
 fn attribute_value(raw: &[u8]) -> Result<String, SelectorError> {
-    let raw = std::str::from_utf8(raw)
-        .map_err(|e| SelectorError::request(format!("attribute value is not UTF-8: {e}")))?;
-    let normalized: Cow<'_, str> = if raw.bytes().any(|b| matches!(b, b'\t' | b'\n' | b'\r')) {
-        Cow::Owned(raw.replace("\r\n", " ").replace(['\t', '\n', '\r'], " "))
-    } else {
-        Cow::Borrowed(raw)
-    };
-    quick_xml::escape::unescape(&normalized)
-        .map(Cow::into_owned)
+    crate::envelope::attribute_value(raw)
         .map_err(|e| SelectorError::request(format!("attribute value: {e}")))
 }
 
