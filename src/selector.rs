@@ -188,6 +188,10 @@ impl Selector {
         };
         let factory = sxd_xpath::Factory::new();
         for (index, source) in expressions.iter().enumerate() {
+            if nesting(source) > MAX_NESTING {
+                let reason = format!("nested deeper than {MAX_NESTING} levels");
+                return Err(SelectorError::at(index, invalid(source, &reason)));
+            }
             let tokens =
                 tokenize(source).map_err(|m| SelectorError::at(index, invalid(source, &m)))?;
             if tokens.is_empty() {
@@ -214,10 +218,12 @@ impl Selector {
                         .collect();
                     selector.expressions.push(Expression::Streaming(pieces));
                 }
-                None => match factory.build(source) {
+                None => match factory.build(&sxd_dialect(source)) {
                     Ok(Some(_)) => {
                         selector.has_sxd = true;
-                        selector.expressions.push(Expression::Sxd(source.clone()));
+                        selector
+                            .expressions
+                            .push(Expression::Sxd(sxd_dialect(source)));
                     }
                     Ok(None) => return Err(SelectorError::at(index, "empty XPath expression")),
                     Err(e) => {
@@ -479,6 +485,67 @@ fn find_attribute(
     Ok(None)
 }
 
+/// Parentheses and brackets nested deeper than this are refused: sxd-xpath
+/// parses recursively and would overflow the stack (a crash of `check`,
+/// startup or reload) long before any real key gets near it.
+const MAX_NESTING: usize = 64;
+
+/// The deepest nesting of `(` and `[` outside string literals.
+fn nesting(source: &str) -> usize {
+    let (mut depth, mut deepest, mut quote) = (0usize, 0usize, None);
+    for ch in source.chars() {
+        match (quote, ch) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(ch),
+            (None, '(' | '[') => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            (None, ')' | ']') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// The expression as sxd-xpath 0.4 reads it: it takes a `*` right after a
+/// `,` for the multiplication operator (`concat('k', *[1])` fails to
+/// parse), so such name tests are written `child::*`, the same XPath.
+fn sxd_dialect(source: &str) -> String {
+    let mut out = String::with_capacity(source.len() + 8);
+    let mut quote: Option<char> = None;
+    let mut after_comma = false;
+    for ch in source.chars() {
+        if let Some(q) = quote {
+            quote = (ch != q).then_some(q);
+            out.push(ch);
+            continue;
+        }
+        match ch {
+            '\'' | '"' => {
+                quote = Some(ch);
+                after_comma = false;
+                out.push(ch);
+            }
+            ',' => {
+                after_comma = true;
+                out.push(ch);
+            }
+            c if c.is_ascii_whitespace() => out.push(c),
+            '*' if after_comma => {
+                out.push_str("child::*");
+                after_comma = false;
+            }
+            c => {
+                after_comma = false;
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
 /// An attribute's XPath value (see `envelope::attribute_value`).
 fn attribute_value(raw: &[u8]) -> Result<String, SelectorError> {
     crate::envelope::attribute_value(raw)
@@ -560,13 +627,18 @@ fn sxd_element<'d>(
     document: &sxd_document::dom::Document<'d>,
     node: roxmltree::Node<'_, '_>,
 ) -> sxd_document::dom::Element<'d> {
+    // roxmltree reports the namespace of an element under `xmlns=""` as
+    // `Some("")`; for XPath that is no namespace at all.
     let tag = node.tag_name();
     let element = document.create_element(sxd_document::QName::with_namespace_uri(
-        tag.namespace(),
+        no_empty(tag.namespace()),
         tag.name(),
     ));
     for attribute in node.attributes() {
-        let name = sxd_document::QName::with_namespace_uri(attribute.namespace(), attribute.name());
+        let name = sxd_document::QName::with_namespace_uri(
+            no_empty(attribute.namespace()),
+            attribute.name(),
+        );
         element.set_attribute_value(name, attribute.value());
     }
     for child in node.children() {
@@ -588,6 +660,10 @@ fn sxd_element<'d>(
         }
     }
     element
+}
+
+fn no_empty(namespace: Option<&str>) -> Option<&str> {
+    namespace.filter(|ns| !ns.is_empty())
 }
 
 /// `Envelope/Body/*[1]`.
@@ -1541,5 +1617,32 @@ mod tests {
                 prop_assert_eq!(a, b, "expressions {:?} on {}", exprs, xml);
             }
         }
+    }
+
+    #[test]
+    fn fuzzer_findings_stay_fixed() {
+        let ns = vec![("c".to_owned(), "urn:x".to_owned())];
+        // `xmlns=""` puts an element in no namespace, for sxd too.
+        let sel = Selector::compile(&["string(Id[1])".to_owned()], &ns).unwrap();
+        let request = |id: &str| {
+            format!(
+                r#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><c:Op xmlns:c="urn:x" xmlns="urn:x"><Id xmlns="">{id}</Id></c:Op></s:Body></s:Envelope>"#
+            )
+        };
+        let (five, six) = (request("5"), request("6"));
+        let select = |xml: &str| {
+            let env = crate::envelope::parse_request(xml.as_bytes()).unwrap();
+            sel.select(&env.operation.unwrap()).unwrap()
+        };
+        assert_eq!(
+            (select(&five), select(&six)),
+            ("5".to_owned(), "6".to_owned())
+        );
+        // `*` after a comma is a name test, not a multiplication.
+        assert!(Selector::compile(&["concat('k', *[1])".to_owned()], &ns).is_ok());
+        // Deep nesting is refused, not a stack overflow.
+        let deep = format!("{}1{}", "(".repeat(2000), ")".repeat(2000));
+        let err = Selector::compile(&[deep], &ns).unwrap_err();
+        assert!(err.to_string().contains("nested deeper"), "{err}");
     }
 }
