@@ -15,7 +15,7 @@
 # to validate the example policy and to smoke-test the example settings; it is
 # never built here.
 #
-# Prints one line per check and "deploy checks: N passed, N failed" at the end;
+# Prints one line per check and "deploy: N passed, N failed" at the end;
 # exits non-zero when any check fails.
 set -euo pipefail
 
@@ -122,7 +122,7 @@ started=$(date +%s)
 if ! install_tools >"$WORK/install.log" 2>&1; then
     echo "FAIL  installing the check tools (into $TOOLS)"
     sed 's/^/      | /' "$WORK/install.log"
-    echo "deploy checks: 0 passed, 1 failed"
+    echo "deploy: 0 passed, 1 failed"
     exit 1
 fi
 PROMTOOL=$TOOLS/promtool
@@ -695,7 +695,7 @@ fi
 # ------------------------------------------------------------------ total ---
 
 elapsed=$(($(date +%s) - started))
-summary="deploy checks: $passed passed, $failed failed"
+summary="deploy: $passed passed, $failed failed"
 if [ "$skipped" -gt 0 ]; then
     summary="$summary, $skipped skipped"
 fi
