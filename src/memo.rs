@@ -45,7 +45,7 @@ struct Seen {
 
 #[derive(Clone)]
 pub struct Memo {
-    seen: Cache<Seen, Arc<Known>>,
+    seen: Cache<Seen, Arc<Known>, crate::store::Hasher>,
 }
 
 impl Memo {
@@ -57,7 +57,7 @@ impl Memo {
                 let bytes = seen.body.len() + known.selector.len() + known.operation.len() + 128;
                 u32::try_from(bytes).unwrap_or(u32::MAX)
             })
-            .build();
+            .build_with_hasher(crate::store::Hasher::default());
         Memo { seen }
     }
 

@@ -163,11 +163,13 @@ pub async fn handle(
     let started = Instant::now();
     let request_id = request_id(request.headers_mut());
     let method = request.method().clone();
-    let path = request.uri().path().to_owned();
+    // A cheap clone (reference-counted bytes), kept for the log line.
+    let uri = request.uri().clone();
+    let path = uri.path();
     let abandoned = Abandoned {
         request_id: &request_id,
         method: &method,
-        path: &path,
+        path,
         started,
         answered: false,
     };
@@ -245,8 +247,12 @@ fn request_id(headers: &mut HeaderMap) -> HeaderValue {
     });
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let id = HeaderValue::from_str(&format!("{}-{n:x}", *PREFIX))
-        .unwrap_or(HeaderValue::from_static("-"));
+    // Written into a stack buffer: one allocation (the value's), not three.
+    let mut buffer = [0u8; 32];
+    let mut cursor = std::io::Cursor::new(&mut buffer[..]);
+    let _ = std::io::Write::write_fmt(&mut cursor, format_args!("{}-{n:x}", *PREFIX));
+    let written = usize::try_from(cursor.position()).unwrap_or(0);
+    let id = HeaderValue::from_bytes(&buffer[..written]).unwrap_or(HeaderValue::from_static("-"));
     headers.insert(X_REQUEST_ID, id.clone());
     id
 }
@@ -270,20 +276,28 @@ async fn route_and_answer(
         .and_then(|s| s.upstream.as_ref())
         .or(shared.settings.default_upstream.as_ref());
     let route = service.map_or("/", |s| s.route.as_str());
-    let target = upstream
-        .ok_or_else(|| format!("no upstream is configured for {}", request.uri().path()))
-        .and_then(|u| upstream::target_uri(u, route, request.uri()));
-    let target = match target {
-        Ok(target) => target,
-        Err(reason) => {
-            let version = version_of(soap12_content);
-            let fault = fault::build(version, Culprit::Receiver, StatusCode::BAD_GATEWAY, &reason);
-            return finish(fault_response(&fault), Outcome::Error);
-        }
+    // Where the request goes if it goes upstream; a hit never needs it.
+    let target_of = |uri: &Uri| {
+        upstream
+            .ok_or_else(|| format!("no upstream is configured for {}", uri.path()))
+            .and_then(|u| upstream::target_uri(u, route, uri))
+            .map_err(|reason| {
+                let version = version_of(soap12_content);
+                fault_response(&fault::build(
+                    version,
+                    Culprit::Receiver,
+                    StatusCode::BAD_GATEWAY,
+                    &reason,
+                ))
+            })
     };
 
     // Non-POST requests (GET ?wsdl, ...) stream through untouched.
     if request.method() != Method::POST {
+        let target = match target_of(request.uri()) {
+            Ok(target) => target,
+            Err(response) => return finish(response, Outcome::Error),
+        };
         let (response, outcome) =
             pass_through(shared, request, target, remote, soap12_content).await;
         return finish(response, outcome);
@@ -301,6 +315,10 @@ async fn route_and_answer(
     {
         Ok(RequestBody::Whole(body)) if !is_multipart(&parts.headers) => body,
         Ok(body) => {
+            let target = match target_of(&parts.uri) {
+                Ok(target) => target,
+                Err(response) => return finish(response, Outcome::Error),
+            };
             let (response, operation, outcome) = forward_uncached(
                 shared,
                 service,
@@ -326,6 +344,10 @@ async fn route_and_answer(
             return (response, service_name, operation, Outcome::Hit);
         }
     }
+    let target = match target_of(&parts.uri) {
+        Ok(target) => target,
+        Err(response) => return finish(response, Outcome::Error),
+    };
     let envelope = match parse_request(&body) {
         Ok(envelope) => envelope,
         Err(e) => {

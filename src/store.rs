@@ -148,10 +148,15 @@ pub struct StoreCounters {
     pub evictions: std::sync::atomic::AtomicU64,
 }
 
+/// foldhash, randomly seeded per process: keys hold 64-character digests
+/// and selector values, which SipHash (the default) hashes several times
+/// slower, on every hit. Equality is still checked in full on a match.
+pub type Hasher = foldhash::fast::RandomState;
+
 #[derive(Clone)]
 pub struct Store {
-    entries: Cache<EntryKey, Arc<Entry>>,
-    links: Cache<LookupKey, Link>,
+    entries: Cache<EntryKey, Arc<Entry>, Hasher>,
+    links: Cache<LookupKey, Link, Hasher>,
     counters: Arc<StoreCounters>,
 }
 
@@ -172,14 +177,14 @@ impl Store {
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
             })
-            .build();
+            .build_with_hasher(Hasher::default());
         let links = Cache::builder()
             .max_capacity((max_bytes / 8).max(1 << 20))
             .weigher(|key: &LookupKey, link: &Link| {
                 u32::try_from(key.selector.len() + link.cache_key.len() + 96).unwrap_or(u32::MAX)
             })
             .expire_after(UntilStale)
-            .build();
+            .build_with_hasher(Hasher::default());
         Store {
             entries,
             links,
