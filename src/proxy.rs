@@ -281,22 +281,22 @@ async fn route_and_answer(
         upstream
             .ok_or_else(|| format!("no upstream is configured for {}", uri.path()))
             .and_then(|u| upstream::target_uri(u, route, uri))
-            .map_err(|reason| {
-                let version = version_of(soap12_content);
-                fault_response(&fault::build(
-                    version,
-                    Culprit::Receiver,
-                    StatusCode::BAD_GATEWAY,
-                    &reason,
-                ))
-            })
+    };
+    let bad_gateway = |reason: String| {
+        let version = version_of(soap12_content);
+        fault_response(&fault::build(
+            version,
+            Culprit::Receiver,
+            StatusCode::BAD_GATEWAY,
+            &reason,
+        ))
     };
 
     // Non-POST requests (GET ?wsdl, ...) stream through untouched.
     if request.method() != Method::POST {
         let target = match target_of(request.uri()) {
             Ok(target) => target,
-            Err(response) => return finish(response, Outcome::Error),
+            Err(reason) => return finish(bad_gateway(reason), Outcome::Error),
         };
         let (response, outcome) =
             pass_through(shared, request, target, remote, soap12_content).await;
@@ -317,7 +317,7 @@ async fn route_and_answer(
         Ok(body) => {
             let target = match target_of(&parts.uri) {
                 Ok(target) => target,
-                Err(response) => return finish(response, Outcome::Error),
+                Err(reason) => return finish(bad_gateway(reason), Outcome::Error),
             };
             let (response, operation, outcome) = forward_uncached(
                 shared,
@@ -346,7 +346,7 @@ async fn route_and_answer(
     }
     let target = match target_of(&parts.uri) {
         Ok(target) => target,
-        Err(response) => return finish(response, Outcome::Error),
+        Err(reason) => return finish(bad_gateway(reason), Outcome::Error),
     };
     let envelope = match parse_request(&body) {
         Ok(envelope) => envelope,
