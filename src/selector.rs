@@ -321,9 +321,9 @@ impl Selector {
                     if frames.is_empty() {
                         // The operation element: the context node.
                         states.extend((0..n as u32).map(|p| (p, 0)));
-                    } else if frame > *frames.last().unwrap() {
+                    } else if let Some(&last) = frames.last().filter(|&&last| frame > last) {
                         let (ns, local) = element_name(&reader, start);
-                        for j in *frames.last().unwrap()..frame {
+                        for j in last..frame {
                             let (p, i) = states[j];
                             let pu = p as usize;
                             if done[pu] || capturing[pu] {
