@@ -43,7 +43,7 @@ impl Admin {
         }
         let shared = &self.shared;
         match (request.method(), path) {
-            (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n"),
+            (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok"),
             (&Method::GET, "/metrics") => {
                 let mut response = text(StatusCode::OK, &shared.metrics.encode(&shared.store));
                 response.headers_mut().insert(

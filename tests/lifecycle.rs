@@ -174,7 +174,7 @@ async fn the_admin_api_answers_health_and_requires_its_token() {
     let http = Http::default();
     assert_eq!(
         http.admin("GET", &proxy.admin_url("/healthz")).await.text(),
-        "ok\n"
+        "ok"
     );
     assert_eq!(
         http.admin("DELETE", &proxy.admin_url("/cache"))
