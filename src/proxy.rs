@@ -965,6 +965,11 @@ async fn forward_uncached(
         None => match parse_request_head(&head) {
             Ok(request_head) => Some(request_head),
             Err(e) => {
+                // Drain what is still coming, or the requester, still
+                // sending, may see a reset instead of the fault.
+                if let Some(mut rest) = rest {
+                    discard(&mut rest, shared.settings.client_limits.timeout).await;
+                }
                 let reason = format!("not an acceptable SOAP message: {e}");
                 let fault = fault::bad_request(e.version, soap12_content, &reason);
                 return (fault_response(&fault), None, Outcome::Error);
