@@ -19,6 +19,7 @@ use moka::sync::Cache;
 
 use crate::envelope::{ExpandedName, SoapVersion};
 use crate::metrics::Tally;
+use crate::store::LookupKey;
 
 /// Bodies larger than this are not remembered: repeats of large requests
 /// are rare and each would cost its size again in memory.
@@ -35,6 +36,9 @@ pub struct Known {
     pub has_security_header: bool,
     /// The metric counters a hit of this request increments.
     pub hits: Tally,
+    /// The whole lookup key, when the operation varies by no header: a
+    /// repeat then needs not even build it.
+    pub key: Option<LookupKey>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -109,6 +113,7 @@ mod tests {
                 false,
                 crate::metrics::Outcome::Hit,
             ),
+            key: None,
         }
     }
 

@@ -403,7 +403,7 @@ async fn answer_soap(
     let Some(selector) = select_key(x, op) else {
         return forward(x, Some(op)).await;
     };
-    let known = Known {
+    let mut known = Known {
         version: x.version,
         name: op.name.clone(),
         operation: Arc::from(op.name.to_string()),
@@ -415,8 +415,10 @@ async fn answer_soap(
             x.declared,
             Outcome::Hit,
         ),
+        key: None,
     };
     let lookup = lookup_key(&x.service_name, &known, &x.parts.headers, rules);
+    known.key = rules.vary_headers.is_empty().then(|| lookup.clone());
     x.shared.memo.remember(&x.service_name, &x.body, known);
     let (response, outcome) = answer_by_key(x, op, rules, &lookup, requester).await;
     (with_debug_key(x.shared, response, &lookup), outcome)
@@ -441,11 +443,18 @@ fn memo_hit(
     {
         return None;
     }
-    let lookup = lookup_key(service_name, known, headers, rules);
+    let built;
+    let lookup = match &known.key {
+        Some(key) if rules.vary_headers.is_empty() => key,
+        _ => {
+            built = lookup_key(service_name, known, headers, rules);
+            &built
+        }
+    };
     let now = clock::now();
-    let entry = shared.store.lookup(&lookup).filter(|e| e.is_fresh(now))?;
+    let entry = shared.store.lookup(lookup).filter(|e| e.is_fresh(now))?;
     let response = cached_response(&entry, now, "HIT", "soapcache; hit");
-    Some(with_debug_key(shared, response, &lookup))
+    Some(with_debug_key(shared, response, lookup))
 }
 
 /// With `--debug-headers`, the request's selector value as `X-Cache-Key`.
