@@ -44,11 +44,25 @@ pub struct PolicyError {
 }
 
 impl fmt::Display for PolicyError {
+    /// Always one line: values quoted from a file may hold line breaks or
+    /// other control characters, which are written escaped.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let message: String = self
+            .message
+            .chars()
+            .flat_map(|c| {
+                let escaped: Vec<char> = if c.is_control() {
+                    c.escape_default().collect()
+                } else {
+                    vec![c]
+                };
+                escaped
+            })
+            .collect();
         if self.line == 0 {
-            write!(f, "{}: {}", self.file.display(), self.message)
+            write!(f, "{}: {}", self.file.display(), message)
         } else {
-            write!(f, "{}:{}: {}", self.file.display(), self.line, self.message)
+            write!(f, "{}:{}: {}", self.file.display(), self.line, message)
         }
     }
 }
@@ -1421,5 +1435,18 @@ element = "Op3"
         assert!(errors[0]
             .to_string()
             .starts_with("/nonexistent/soapcache/policies: cannot read policies"));
+    }
+
+    #[test]
+    fn an_error_is_one_line_whatever_the_value_it_quotes() {
+        let e = PolicyError {
+            file: PathBuf::from("p.toml"),
+            line: 4,
+            message: "upstream 'f\n://x' is not an http:// or https:// URL".to_owned(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "p.toml:4: upstream 'f\\n://x' is not an http:// or https:// URL"
+        );
     }
 }

@@ -68,7 +68,7 @@ fuzz_target!(|data: &[u8]| {
                 let shown = e.to_string();
                 assert!(shown.starts_with(&e.file.display().to_string()), "{shown}");
                 assert!(!e.message.trim().is_empty(), "empty message: {shown}");
-                assert!(!e.message.contains('\n'), "multi-line message: {shown:?}");
+                assert!(!shown.contains('\n'), "multi-line error line: {shown:?}");
                 match std::str::from_utf8(content) {
                     Err(_) => assert_eq!(e.line, 0, "{shown}"),
                     Ok(text) => {
