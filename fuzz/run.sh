@@ -88,6 +88,10 @@ for target in "${targets[@]}"; do
         -print_final_stats=1
         -artifact_prefix="$artifacts/"
     )
+    # A fixed seed (FUZZ_SEED, as CI sets it) makes a run repeatable: CI
+    # then explores what was explored before it landed, and a new finding
+    # shows up in a developer's longer run rather than failing a landing.
+    [[ -n "${FUZZ_SEED:-}" ]] && args+=(-seed="$FUZZ_SEED")
     dict=$(dict_for "$target")
     [[ -n "$dict" ]] && args+=(-dict="$dict")
     echo "==> $target: ${seconds}s"
