@@ -163,7 +163,14 @@ async fn read_answer(
         }
     })?;
     let (mut parts, mut body) = response.into_parts();
-    let mut buffer = BytesMut::new();
+    // Sized once from Content-Length: grown by doubling, a large answer
+    // would leave a trail of freed buffers (1, 2, 4, 8 MiB...) behind.
+    let announced = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut buffer = BytesMut::with_capacity(announced.min(limit + 1));
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| UpstreamError::Failed(error_chain(&e)))?;
         if let Ok(data) = frame.into_data() {
