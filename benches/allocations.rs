@@ -83,12 +83,12 @@ fn main() {
         let envelope = parse_request(body).unwrap();
         let op = envelope.operation.as_ref().unwrap();
         LookupKey {
-            scope: Scope {
+            scope: Arc::new(Scope {
                 service: service.clone(),
                 operation: Arc::from(op.name.to_string()),
                 version: envelope.version,
                 vary: Box::new([]),
-            },
+            }),
             selector: digest(op).unwrap(),
         }
     };
@@ -102,7 +102,7 @@ fn main() {
             content_type: Some(HeaderValue::from_static("text/xml; charset=utf-8")),
             stored_at: now,
             expires_at: now + Duration::from_secs(86_400),
-            stale_until: now + Duration::from_secs(86_400),
+            stale_secs: 0,
         }),
     );
     for i in 0..1000 {
@@ -115,7 +115,7 @@ fn main() {
                 content_type: None,
                 stored_at: now,
                 expires_at: now + Duration::from_secs(86_400),
-                stale_until: now + Duration::from_secs(86_400),
+                stale_secs: 0,
             }),
         );
     }
@@ -132,11 +132,13 @@ fn main() {
 
     let parse = count(N, || parse_request(body).unwrap().version);
     let digest_only = count(N, || digest(&op).unwrap());
-    let scope = count(N, || Scope {
-        service: service.clone(),
-        operation: Arc::from(op.name.to_string()),
-        version: envelope.version,
-        vary: Box::new([]),
+    let scope = count(N, || {
+        Arc::new(Scope {
+            service: service.clone(),
+            operation: Arc::from(op.name.to_string()),
+            version: envelope.version,
+            vary: Box::new([]),
+        })
     });
     let lookup = count(N, || store.lookup(&key).unwrap());
     let all = count(N, || store.lookup(&key_of(body)).unwrap());

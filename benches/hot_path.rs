@@ -30,17 +30,17 @@ fn entry(body: Bytes) -> Arc<Entry> {
         content_type: Some(HeaderValue::from_static("text/xml; charset=utf-8")),
         stored_at: now,
         expires_at,
-        stale_until: expires_at,
+        stale_secs: 0,
     })
 }
 
-fn scope() -> Scope {
-    Scope {
+fn scope() -> Arc<Scope> {
+    Arc::new(Scope {
         service: Arc::from("default"),
         operation: Arc::from("{http://example.org/2001/06/catalog}CatalogPriceRequest"),
         version: SoapVersion::V11,
         vary: Box::new([]),
-    }
+    })
 }
 
 fn hot_path(c: &mut Criterion) {
@@ -166,12 +166,12 @@ fn hot_path(c: &mut Criterion) {
             let envelope = parse_request(black_box(key_body.as_bytes())).unwrap();
             let op = envelope.operation.as_ref().unwrap();
             let key = LookupKey {
-                scope: Scope {
+                scope: Arc::new(Scope {
                     service: service.clone(),
                     operation: Arc::from(op.name.to_string()),
                     version: envelope.version,
                     vary: Box::new([]),
-                },
+                }),
                 selector: digest(op).unwrap(),
             };
             store.lookup(&key).unwrap()

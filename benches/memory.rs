@@ -12,6 +12,7 @@
 //! only says how to run it.
 
 use std::process::Command;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -68,22 +69,17 @@ fn rss_kib() -> u64 {
 }
 
 fn measure(variant: &str) {
-    let scope = Scope {
-        service: Arc::from("default"),
-        operation: Arc::from("{http://example.org/2001/06/catalog}CatalogPriceRequest"),
-        version: SoapVersion::V11,
-        vary: Box::new([]),
-    };
     let now = SystemTime::now();
     let expires_at = now + Duration::from_secs(86_400);
-    let content_type = HeaderValue::from_static("text/xml; charset=utf-8");
 
     let before = rss_kib();
     let store = Store::new(1 << 30);
     let empty = rss_kib();
     let started = Instant::now();
     for i in 0..ENTRIES {
-        // A body of its own, as a response read from the network would be.
+        // Everything of its own, as the proxy builds it for each new
+        // request and response: the body, the scope with its operation
+        // name, the Content-Type value.
         let mut body = vec![b'x'; BODY];
         body[..8].copy_from_slice(&(i as u64).to_le_bytes());
         let cache_key = format!("ABC-{i:06}");
@@ -92,18 +88,26 @@ fn measure(variant: &str) {
             _ => blake3::hash(&body[..8]).to_hex().to_string(),
         };
         let lookup = LookupKey {
-            scope: scope.clone(),
+            scope: Arc::new(Scope {
+                service: Arc::from("default"),
+                operation: Arc::from(
+                    "{http://example.org/2001/06/catalog}CatalogPriceRequest".to_owned(),
+                ),
+                version: SoapVersion::V11,
+                vary: Box::new([]),
+            }),
             selector,
         };
+        let content_type = HeaderValue::from_bytes(b"text/xml; charset=utf-8").unwrap();
         store.insert(
             &lookup,
             &cache_key,
             Arc::new(Entry {
                 body: Bytes::from(body),
-                content_type: Some(content_type.clone()),
+                content_type: Some(store.content_type(&content_type)),
                 stored_at: now,
                 expires_at,
-                stale_until: expires_at,
+                stale_secs: 0,
             }),
         );
     }

@@ -19,14 +19,14 @@ use moka::sync::Cache;
 
 use crate::envelope::{ExpandedName, SoapVersion};
 use crate::metrics::Tally;
-use crate::store::LookupKey;
+use crate::store::{LookupKey, Shortcut};
 
 /// Bodies larger than this are not remembered: repeats of large requests
 /// are rare and each would cost its size again in memory.
 const MAX_BODY: usize = 16 * 1024;
 
 /// What a cacheable request's body decided.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Known {
     pub version: SoapVersion,
     pub name: ExpandedName,
@@ -39,6 +39,8 @@ pub struct Known {
     /// The whole lookup key, when the operation varies by no header: a
     /// repeat then needs not even build it.
     pub key: Option<LookupKey>,
+    /// The entry `key` led to last time.
+    pub shortcut: Shortcut,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -114,6 +116,7 @@ mod tests {
                 crate::metrics::Outcome::Hit,
             ),
             key: None,
+            shortcut: Shortcut::default(),
         }
     }
 

@@ -29,7 +29,7 @@ use crate::lifetime;
 use crate::memo::{Known, Memo};
 use crate::metrics::{Metrics, Outcome};
 use crate::policy::{PolicySet, Rules, Service};
-use crate::store::{Entry, LookupKey, Scope, Store};
+use crate::store::{owned, Entry, LookupKey, Scope, Shortcut, Store};
 use crate::upstream::{self, Body, FetchedBody, Upstream, UpstreamError, UpstreamTime};
 use crate::{canonical, clock};
 
@@ -157,46 +157,55 @@ struct Exchange<'a> {
 /// Answers one request. Never fails: every error becomes an HTTP answer.
 pub async fn handle(
     shared: Arc<Shared>,
-    mut request: Request<Incoming>,
+    request: Request<Incoming>,
     remote: SocketAddr,
 ) -> Response<Body> {
-    let started = Instant::now();
-    let request_id = request_id(request.headers_mut());
-    let method = request.method().clone();
-    // A cheap clone (reference-counted bytes), kept for the log line.
-    let uri = request.uri().clone();
-    let path = uri.path();
+    let request_id = request_id(request.headers());
+    // Taken only when the access log is on: on a hit, even a clock read or
+    // a clone counts.
+    let seen = tracing::enabled!(target: "soapcache::access", tracing::Level::INFO).then(|| Seen {
+        started: Instant::now(),
+        method: request.method().clone(),
+        uri: request.uri().clone(),
+    });
     let abandoned = Abandoned {
         request_id: &request_id,
-        method: &method,
-        path,
-        started,
+        seen: seen.as_ref(),
         answered: false,
     };
     let (mut response, service, operation, outcome) =
-        route_and_answer(&shared, request, remote).await;
+        route_and_answer(&shared, request, &request_id, remote).await;
     abandoned.answered();
     let upstream = response.extensions().get::<UpstreamTime>().map(|t| t.0);
     if let Some(took) = upstream {
         shared.metrics.upstream_duration(took);
     }
-    let bytes = hyper::body::Body::size_hint(response.body()).exact();
-    tracing::info!(
-        target: "soapcache::access",
-        request_id = request_id.to_str().unwrap_or_default(),
-        %method,
-        %path,
-        %service,
-        operation = operation.as_deref().unwrap_or("-"),
-        result = outcome.label(),
-        status = response.status().as_u16(),
-        upstream_micros = upstream.map(|t| t.as_micros() as u64),
-        total_micros = started.elapsed().as_micros() as u64,
-        bytes,
-        "request"
-    );
+    if let Some(seen) = &seen {
+        tracing::info!(
+            target: "soapcache::access",
+            request_id = request_id.to_str().unwrap_or_default(),
+            method = %seen.method,
+            path = seen.uri.path(),
+            %service,
+            operation = operation.as_deref().unwrap_or("-"),
+            result = outcome.label(),
+            status = response.status().as_u16(),
+            upstream_micros = upstream.map(|t| t.as_micros() as u64),
+            total_micros = seen.started.elapsed().as_micros() as u64,
+            bytes = hyper::body::Body::size_hint(response.body()).exact(),
+            "request"
+        );
+    }
     response.headers_mut().insert(X_REQUEST_ID, request_id);
     response
+}
+
+/// What the access log line says of a request, taken before the request
+/// is consumed.
+struct Seen {
+    started: Instant,
+    method: Method,
+    uri: Uri,
 }
 
 /// Logs a request whose requester went away before its answer was ready
@@ -204,9 +213,7 @@ pub async fn handle(
 /// otherwise. Status 499 as nginx logs it.
 struct Abandoned<'a> {
     request_id: &'a HeaderValue,
-    method: &'a Method,
-    path: &'a str,
-    started: Instant,
+    seen: Option<&'a Seen>,
     answered: bool,
 }
 
@@ -218,48 +225,65 @@ impl Abandoned<'_> {
 
 impl Drop for Abandoned<'_> {
     fn drop(&mut self) {
-        if !self.answered {
-            tracing::info!(
-                target: "soapcache::access",
-                request_id = self.request_id.to_str().unwrap_or_default(),
-                method = %self.method,
-                path = self.path,
-                result = "abandoned",
-                status = 499,
-                total_micros = self.started.elapsed().as_micros() as u64,
-                "request abandoned by the requester"
-            );
-        }
+        let Some(seen) = self.seen.filter(|_| !self.answered) else {
+            return;
+        };
+        tracing::info!(
+            target: "soapcache::access",
+            request_id = self.request_id.to_str().unwrap_or_default(),
+            method = %seen.method,
+            path = seen.uri.path(),
+            result = "abandoned",
+            status = 499,
+            total_micros = seen.started.elapsed().as_micros() as u64,
+            "request abandoned by the requester"
+        );
     }
 }
 
 const X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
+const X_CACHE: header::HeaderName = header::HeaderName::from_static("x-cache");
+const CACHE_STATUS: header::HeaderName = header::HeaderName::from_static("cache-status");
 
-/// The request's `X-Request-Id`, generated (and added, so that it reaches
-/// the service) when the requester sent none: process prefix + counter.
-fn request_id(headers: &mut HeaderMap) -> HeaderValue {
+/// The request's `X-Request-Id`, or a new one when the requester sent
+/// none: a process prefix and a counter, in hex.
+fn request_id(headers: &HeaderMap) -> HeaderValue {
     if let Some(id) = headers.get(X_REQUEST_ID) {
         return id.clone();
     }
-    static PREFIX: LazyLock<String> = LazyLock::new(|| {
+    static PREFIX: LazyLock<[u8; 8]> = LazyLock::new(|| {
         let seed = format!("{}-{:?}", std::process::id(), SystemTime::now());
-        blake3::hash(seed.as_bytes()).to_hex()[..8].to_owned()
+        let mut prefix = [0u8; 8];
+        prefix.copy_from_slice(&blake3::hash(seed.as_bytes()).to_hex().as_bytes()[..8]);
+        prefix
     });
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    // Written into a stack buffer: one allocation (the value's), not three.
-    let mut buffer = [0u8; 32];
-    let mut cursor = std::io::Cursor::new(&mut buffer[..]);
-    let _ = std::io::Write::write_fmt(&mut cursor, format_args!("{}-{n:x}", *PREFIX));
-    let written = usize::try_from(cursor.position()).unwrap_or(0);
-    let id = HeaderValue::from_bytes(&buffer[..written]).unwrap_or(HeaderValue::from_static("-"));
-    headers.insert(X_REQUEST_ID, id.clone());
-    id
+    // `prefix-counter`, written into a stack buffer: `format!` costs more
+    // than the rest of a hit's own work.
+    let mut id = [0u8; 8 + 1 + 16];
+    id[..8].copy_from_slice(&*PREFIX);
+    id[8] = b'-';
+    let digits = (16 - n.leading_zeros() as usize / 4).max(1);
+    for (i, slot) in id[9..9 + digits].iter_mut().enumerate() {
+        let nibble = (n >> (4 * (digits - 1 - i))) & 0xf;
+        *slot = b"0123456789abcdef"[nibble as usize];
+    }
+    HeaderValue::from_bytes(&id[..9 + digits]).unwrap_or(HeaderValue::from_static("-"))
+}
+
+/// Adds the request id to a request going upstream, when the requester
+/// sent none (a hit never needs it).
+fn pass_request_id(headers: &mut HeaderMap, request_id: &HeaderValue) {
+    headers
+        .entry(X_REQUEST_ID)
+        .or_insert_with(|| request_id.clone());
 }
 
 async fn route_and_answer(
     shared: &Shared,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
+    request_id: &HeaderValue,
     remote: SocketAddr,
 ) -> (Response<Body>, Arc<str>, Option<String>, Outcome) {
     let policies = shared.policies.load_full();
@@ -298,16 +322,26 @@ async fn route_and_answer(
             Ok(target) => target,
             Err(reason) => return finish(bad_gateway(reason), Outcome::Error),
         };
-        let (response, outcome) =
-            pass_through(shared, request, target, remote, soap12_content).await;
+        pass_request_id(request.headers_mut(), request_id);
+        // Boxed, as every path that goes upstream: the hit path's future
+        // stays small (it is moved several times per request).
+        let (response, outcome) = Box::pin(pass_through(
+            shared,
+            request,
+            target,
+            remote,
+            soap12_content,
+        ))
+        .await;
         return finish(response, outcome);
     }
 
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     let limits = shared.settings.client_limits;
     let body = match read_body(
         body,
         &parts.headers,
+        soap12_content,
         shared.settings.max_body,
         limits.timeout,
     )
@@ -319,7 +353,8 @@ async fn route_and_answer(
                 Ok(target) => target,
                 Err(reason) => return finish(bad_gateway(reason), Outcome::Error),
             };
-            let (response, operation, outcome) = forward_uncached(
+            pass_request_id(&mut parts.headers, request_id);
+            let (response, operation, outcome) = Box::pin(forward_uncached(
                 shared,
                 service,
                 &parts,
@@ -327,7 +362,7 @@ async fn route_and_answer(
                 target,
                 remote,
                 soap12_content,
-            )
+            ))
             .await;
             shared
                 .metrics
@@ -344,44 +379,50 @@ async fn route_and_answer(
             return (response, service_name, operation, Outcome::Hit);
         }
     }
+    pass_request_id(&mut parts.headers, request_id);
     let target = match target_of(&parts.uri) {
         Ok(target) => target,
         Err(reason) => return finish(bad_gateway(reason), Outcome::Error),
     };
-    let envelope = match parse_request(&body) {
-        Ok(envelope) => envelope,
-        Err(e) => {
-            let fault = fault::bad_request(
-                e.version,
-                soap12_content,
-                &format!("not an acceptable SOAP message: {e}"),
-            );
-            return finish(fault_response(&fault), Outcome::Error);
-        }
-    };
+    // A new body: the full path, boxed so that the hit path's future
+    // stays small (it is moved several times per request).
+    Box::pin(async {
+        let envelope = match parse_request(&body) {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                let fault = fault::bad_request(
+                    e.version,
+                    soap12_content,
+                    &format!("not an acceptable SOAP message: {e}"),
+                );
+                return finish(fault_response(&fault), Outcome::Error);
+            }
+        };
 
-    let operation = envelope.operation.as_ref().map(|op| op.name.local.clone());
-    let declared = envelope
-        .operation
-        .as_ref()
-        .is_some_and(|op| service.is_some_and(|s| s.operation(&op.name).is_some()));
-    let exchange = Exchange {
-        shared,
-        service,
-        service_name: service_name.clone(),
-        parts,
-        body: body.clone(),
-        target,
-        remote,
-        version: envelope.version,
-        operation: operation.clone(),
-        declared,
-    };
-    let (response, outcome) = answer_soap(&exchange, &envelope).await;
-    shared
-        .metrics
-        .record(&service_name, operation.as_deref(), declared, outcome);
-    (response, service_name, operation, outcome)
+        let operation = envelope.operation.as_ref().map(|op| op.name.local.clone());
+        let declared = envelope
+            .operation
+            .as_ref()
+            .is_some_and(|op| service.is_some_and(|s| s.operation(&op.name).is_some()));
+        let exchange = Exchange {
+            shared,
+            service,
+            service_name: service_name.clone(),
+            parts,
+            body: body.clone(),
+            target,
+            remote,
+            version: envelope.version,
+            operation: operation.clone(),
+            declared,
+        };
+        let (response, outcome) = answer_soap(&exchange, &envelope).await;
+        shared
+            .metrics
+            .record(&service_name, operation.as_deref(), declared, outcome);
+        (response, service_name.clone(), operation, outcome)
+    })
+    .await
 }
 
 /// The cache decision for a well-formed SOAP request.
@@ -416,6 +457,7 @@ async fn answer_soap(
             Outcome::Hit,
         ),
         key: None,
+        shortcut: Shortcut::default(),
     };
     let lookup = lookup_key(&x.service_name, &known, &x.parts.headers, rules);
     known.key = rules.vary_headers.is_empty().then(|| lookup.clone());
@@ -444,15 +486,17 @@ fn memo_hit(
         return None;
     }
     let built;
-    let lookup = match &known.key {
-        Some(key) if rules.vary_headers.is_empty() => key,
+    let (lookup, entry) = match &known.key {
+        Some(key) if rules.vary_headers.is_empty() => {
+            (key, shared.store.lookup_via(key, &known.shortcut))
+        }
         _ => {
             built = lookup_key(service_name, known, headers, rules);
-            &built
+            (&built, shared.store.lookup(&built))
         }
     };
     let now = clock::now();
-    let entry = shared.store.lookup(lookup).filter(|e| e.is_fresh(now))?;
+    let entry = entry.filter(|e| e.is_fresh(now))?;
     let response = cached_response(&entry, now, "HIT", "soapcache; hit");
     Some(with_debug_key(shared, response, lookup))
 }
@@ -583,21 +627,14 @@ fn lookup_key(service: &Arc<str>, known: &Known, headers: &HeaderMap, rules: &Ru
         .map(|h| header_value_list(headers, h))
         .collect();
     LookupKey {
-        scope: Scope {
+        scope: Arc::new(Scope {
             service: service.clone(),
             operation: known.operation.clone(),
             version: known.version,
             vary,
-        },
+        }),
         selector: known.selector.clone(),
     }
-}
-
-/// A header value in its own allocation. Values hyper parsed are slices of
-/// the connection's read buffer; one kept in the cache would keep that
-/// whole buffer (8 KiB and more) alive with it.
-fn owned(value: &HeaderValue) -> HeaderValue {
-    HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone())
 }
 
 /// All the values of a header, as one: a header sent on several lines
@@ -778,12 +815,13 @@ async fn fetch_and_store(
         .to_owned();
     let entry = Arc::new(Entry {
         body: stripped.clone(),
-        content_type: parts.headers.get(header::CONTENT_TYPE).map(owned),
+        content_type: parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .map(|v| x.shared.store.content_type(v)),
         stored_at: now,
         expires_at,
-        stale_until: expires_at
-            .checked_add(rules.stale_if_error)
-            .unwrap_or(expires_at),
+        stale_secs: u32::try_from(rules.stale_if_error.as_secs()).unwrap_or(u32::MAX),
     });
     x.shared.store.insert(lookup, &cache_key, entry.clone());
     tracing::debug!(service = %x.service_name, operation = %op.name, cache_key = %cache_key, "stored");
@@ -852,17 +890,17 @@ enum RequestBody {
 async fn read_body(
     mut body: Incoming,
     headers: &HeaderMap,
+    soap12: bool,
     max_body: u64,
     timeout: Duration,
 ) -> Result<RequestBody, Response<Body>> {
-    let soap12 = is_soap12_content(headers);
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if let Some(len) = declared.filter(|len| *len > max_body) {
         if len <= DISCARD_LIMIT {
-            discard(&mut body, timeout).await;
+            Box::pin(discard(&mut body, timeout)).await;
         }
         return Err(too_large(soap12, max_body));
     }
@@ -889,7 +927,7 @@ async fn read_body(
             }
             let read = first.as_ref().map_or(buffer.len(), Bytes::len);
             if read as u64 > max_body {
-                discard(&mut body, timeout).await;
+                Box::pin(discard(&mut body, timeout)).await;
                 return Err(too_large(soap12, max_body));
             }
             if read > STREAM_THRESHOLD {
@@ -1065,8 +1103,8 @@ fn content_type_is(headers: &HeaderMap, prefix: &str) -> bool {
 }
 
 fn mark(headers: &mut HeaderMap, x_cache: &'static str, cache_status: &'static str) {
-    headers.insert("x-cache", HeaderValue::from_static(x_cache));
-    headers.insert("cache-status", HeaderValue::from_static(cache_status));
+    headers.insert(X_CACHE, HeaderValue::from_static(x_cache));
+    headers.insert(CACHE_STATUS, HeaderValue::from_static(cache_status));
 }
 
 /// An answer from a stored entry: the stored bytes as they are.
@@ -1137,4 +1175,35 @@ pub fn fault_response(fault: &Fault) -> Response<Body> {
         .headers_mut()
         .insert(header::CONTENT_TYPE, fault.content_type.clone());
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_request_ids_are_a_hex_prefix_and_a_hex_counter() {
+        let ids: Vec<String> = (0..20)
+            .map(|_| request_id(&HeaderMap::new()).to_str().unwrap().to_owned())
+            .collect();
+        for id in &ids {
+            let (prefix, counter) = id.split_once('-').unwrap();
+            assert_eq!(prefix.len(), 8, "{id}");
+            assert!(prefix.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+            assert!(u64::from_str_radix(counter, 16).is_ok(), "{id}");
+            assert!(!counter.starts_with('0'), "{id}");
+        }
+        let counters: Vec<u64> = ids
+            .iter()
+            .map(|id| u64::from_str_radix(id.split_once('-').unwrap().1, 16).unwrap())
+            .collect();
+        assert!(counters.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    }
+
+    #[test]
+    fn a_requesters_id_is_kept() {
+        let mut headers = HeaderMap::new();
+        headers.insert(X_REQUEST_ID, HeaderValue::from_static("req-42"));
+        assert_eq!(request_id(&headers), "req-42");
+    }
 }

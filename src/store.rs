@@ -4,7 +4,8 @@
 //! `Store` is a cheap handle; moka does its own fine-grained locking, so no
 //! lock of ours is held on the hit path.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -30,17 +31,19 @@ pub struct Scope {
     pub vary: Box<[Option<HeaderValue>]>,
 }
 
-/// `(service, operation, selector value, vary values)`.
+/// `(service, operation, selector value, vary values)`. The scope is
+/// shared: every entry of an operation points at one, instead of holding
+/// a copy of its own (~50 B less per entry).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct LookupKey {
-    pub scope: Scope,
+    pub scope: Arc<Scope>,
     pub selector: String,
 }
 
 /// Where an entry lives: its scope and the `CacheKey` it is stored under.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct EntryKey {
-    pub scope: Scope,
+    pub scope: Arc<Scope>,
     pub cache_key: Arc<str>,
 }
 
@@ -52,8 +55,10 @@ pub struct Entry {
     pub content_type: Option<HeaderValue>,
     pub stored_at: SystemTime,
     pub expires_at: SystemTime,
-    /// `expires_at` plus the policy's `stale_if_error` window.
-    pub stale_until: SystemTime,
+    /// The policy's `stale_if_error` window past `expires_at`, in whole
+    /// seconds: 4 bytes where a `SystemTime` takes 16 put the record in
+    /// a smaller allocation class (32 B less per entry).
+    pub stale_secs: u32,
 }
 
 impl Entry {
@@ -62,7 +67,15 @@ impl Entry {
     }
 
     pub fn is_usable_stale(&self, now: SystemTime) -> bool {
-        now < self.stale_until
+        now < self.stale_until()
+    }
+
+    /// When the entry may no longer answer even a failed request.
+    pub fn stale_until(&self) -> SystemTime {
+        let window = Duration::from_secs(self.stale_secs.into());
+        self.expires_at
+            .checked_add(window)
+            .unwrap_or(self.expires_at)
     }
 
     /// Whole seconds since the entry was stored, for the `Age` header.
@@ -102,7 +115,7 @@ impl Expiry<EntryKey, Arc<Entry>> for UntilStale {
         entry: &Arc<Entry>,
         _: Instant,
     ) -> Option<Duration> {
-        Some(remaining(entry.stale_until))
+        Some(remaining(entry.stale_until()))
     }
     fn expire_after_update(
         &self,
@@ -111,7 +124,7 @@ impl Expiry<EntryKey, Arc<Entry>> for UntilStale {
         _: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
-        Some(remaining(entry.stale_until))
+        Some(remaining(entry.stale_until()))
     }
 }
 
@@ -145,8 +158,35 @@ struct Link {
 /// Counters the admin API and metrics read.
 #[derive(Debug, Default)]
 pub struct StoreCounters {
-    pub evictions: std::sync::atomic::AtomicU64,
+    pub evictions: AtomicU64,
+    /// Bumped whenever an entry or link is stored or removed: a
+    /// [`Shortcut`] taken at an older generation is not trusted.
+    generation: AtomicU64,
 }
+
+impl StoreCounters {
+    fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// The entry a lookup key led to last time, kept by the memo for a
+/// byte-identical repeat request: while nothing was stored or removed
+/// since, it saves the two moka lookups of [`Store::lookup`]. The entry is
+/// held weakly, so an evicted entry's memory is never kept alive by it.
+#[derive(Debug, Default)]
+pub struct Shortcut(Mutex<Resolved>);
+
+#[derive(Debug, Default)]
+struct Resolved {
+    generation: u64,
+    entry: Weak<Entry>,
+    uses: u32,
+}
+
+/// One in this many shortcut uses goes through moka anyway, so that its
+/// eviction policy still sees which entries are popular.
+const SHORTCUT_USES: u32 = 16;
 
 /// foldhash, randomly seeded per process: keys hold 64-character digests
 /// and selector values, which SipHash (the default) hashes several times
@@ -158,7 +198,23 @@ pub struct Store {
     entries: Cache<EntryKey, Arc<Entry>, Hasher>,
     links: Cache<LookupKey, Link, Hasher>,
     counters: Arc<StoreCounters>,
+    shared: Arc<Mutex<SharedParts>>,
 }
+
+/// Parts most entries have in common, kept once: an operation's scope
+/// (with its operation name) and the service's `Content-Type`. Each would
+/// otherwise cost every entry its own ~150 B.
+#[derive(Default)]
+struct SharedParts {
+    scopes: std::collections::HashSet<Arc<Scope>, Hasher>,
+    content_types: Vec<HeaderValue>,
+}
+
+/// Bounds on `SharedParts`: values past them are simply not shared. Only
+/// scopes without vary values are shared (those with them may be one per
+/// user).
+const SHARED_SCOPES: usize = 4096;
+const SHARED_CONTENT_TYPES: usize = 16;
 
 impl Store {
     /// `max_bytes` bounds the entries (body + headers + key, by weight);
@@ -172,23 +228,25 @@ impl Store {
             .expire_after(UntilStale)
             .eviction_listener(move |_, _, cause| {
                 if cause == RemovalCause::Size {
-                    evictions
-                        .evictions
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    evictions.evictions.fetch_add(1, Ordering::Relaxed);
                 }
+                evictions.changed();
             })
             .build_with_hasher(Hasher::default());
+        let unlinked = counters.clone();
         let links = Cache::builder()
             .max_capacity((max_bytes / 8).max(1 << 20))
             .weigher(|key: &LookupKey, link: &Link| {
                 u32::try_from(key.selector.len() + link.cache_key.len() + 96).unwrap_or(u32::MAX)
             })
             .expire_after(UntilStale)
+            .eviction_listener(move |_, _, _| unlinked.changed())
             .build_with_hasher(Hasher::default());
         Store {
             entries,
             links,
             counters,
+            shared: Arc::default(),
         }
     }
 
@@ -212,27 +270,88 @@ impl Store {
         self.entries.get(&entry_key)
     }
 
+    /// [`Store::lookup`], through `shortcut` when it is still valid.
+    pub fn lookup_via(&self, key: &LookupKey, shortcut: &Shortcut) -> Option<Arc<Entry>> {
+        let generation = self.counters.generation.load(Ordering::Acquire);
+        // Never waits: a shortcut in use elsewhere is simply not taken.
+        if let Ok(mut resolved) = shortcut.0.try_lock() {
+            if resolved.generation == generation && resolved.uses < SHORTCUT_USES {
+                if let Some(entry) = resolved.entry.upgrade() {
+                    resolved.uses += 1;
+                    return Some(entry);
+                }
+            }
+        }
+        let found = self.lookup(key);
+        if let Ok(mut resolved) = shortcut.0.try_lock() {
+            // The generation read before the lookup: a change during it
+            // makes this shortcut stale at once.
+            *resolved = Resolved {
+                generation,
+                entry: found.as_ref().map_or_else(Weak::new, Arc::downgrade),
+                uses: 0,
+            };
+        }
+        found
+    }
+
     /// Stores an entry under `cache_key` and, when the request's selector
     /// value differs, remembers that the request leads to it.
     pub fn insert(&self, lookup: &LookupKey, cache_key: &str, entry: Arc<Entry>) {
         let cache_key: Arc<str> = Arc::from(cache_key);
+        let scope = self.shared_scope(&lookup.scope);
         if lookup.selector != *cache_key {
             self.links.insert(
-                lookup.clone(),
+                LookupKey {
+                    scope: scope.clone(),
+                    selector: lookup.selector.clone(),
+                },
                 Link {
                     cache_key: cache_key.clone(),
-                    until: entry.stale_until,
+                    until: entry.stale_until(),
                 },
             );
         }
-        let key = EntryKey {
-            scope: lookup.scope.clone(),
-            cache_key,
-        };
+        let key = EntryKey { scope, cache_key };
         self.entries.insert(key, entry);
+        self.counters.changed();
         // Apply evictions now, so the byte bound holds at every moment and
         // not only after moka's next housekeeping.
         self.entries.run_pending_tasks();
+    }
+
+    /// The one shared copy of `scope`, when it can be shared.
+    fn shared_scope(&self, scope: &Arc<Scope>) -> Arc<Scope> {
+        if !scope.vary.is_empty() {
+            return scope.clone();
+        }
+        let Ok(mut shared) = self.shared.lock() else {
+            return scope.clone();
+        };
+        if let Some(known) = shared.scopes.get(scope) {
+            return known.clone();
+        }
+        if shared.scopes.len() < SHARED_SCOPES {
+            shared.scopes.insert(scope.clone());
+        }
+        scope.clone()
+    }
+
+    /// A `Content-Type` value for a new entry: the one shared copy of it
+    /// when another entry has the same, else its own copy (never a slice of
+    /// the connection's read buffer, which it would keep alive).
+    pub fn content_type(&self, value: &HeaderValue) -> HeaderValue {
+        let Ok(mut shared) = self.shared.lock() else {
+            return owned(value);
+        };
+        if let Some(known) = shared.content_types.iter().find(|v| *v == value) {
+            return known.clone();
+        }
+        let value = owned(value);
+        if shared.content_types.len() < SHARED_CONTENT_TYPES {
+            shared.content_types.push(value.clone());
+        }
+        value
     }
 
     /// Removes entries stored under `cache_key`, optionally only those of
@@ -256,6 +375,7 @@ impl Store {
                 purged += 1;
             }
         }
+        self.counters.changed();
         purged
     }
 
@@ -267,6 +387,7 @@ impl Store {
         self.links.invalidate_all();
         self.entries.run_pending_tasks();
         self.links.run_pending_tasks();
+        self.counters.changed();
         count
     }
 
@@ -279,9 +400,7 @@ impl Store {
     }
 
     pub fn evictions(&self) -> u64 {
-        self.counters
-            .evictions
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.counters.evictions.load(Ordering::Relaxed)
     }
 
     /// Entry count and bytes per service, for `/stats`.
@@ -296,6 +415,13 @@ impl Store {
     }
 }
 
+/// A header value in its own allocation. Values hyper parsed are slices of
+/// the connection's read buffer; one kept in the cache would keep that
+/// whole buffer (8 KiB and more) alive with it.
+pub fn owned(value: &HeaderValue) -> HeaderValue {
+    HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone())
+}
+
 fn operation_matches(expanded: &str, wanted: &str) -> bool {
     expanded == wanted
         || expanded
@@ -308,13 +434,13 @@ fn operation_matches(expanded: &str, wanted: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn scope(service: &str) -> Scope {
-        Scope {
+    fn scope(service: &str) -> Arc<Scope> {
+        Arc::new(Scope {
             service: service.into(),
             operation: "{urn:c}Price".into(),
             version: SoapVersion::V11,
             vary: Box::new([]),
-        }
+        })
     }
 
     fn entry(body: &'static [u8], ttl: u64) -> Arc<Entry> {
@@ -324,7 +450,7 @@ mod tests {
             content_type: None,
             stored_at: now,
             expires_at: now + Duration::from_secs(ttl),
-            stale_until: now + Duration::from_secs(ttl),
+            stale_secs: 0,
         })
     }
 
@@ -378,6 +504,79 @@ mod tests {
             );
         }
         assert!(store.evictions() > 0);
+    }
+
+    #[test]
+    fn a_shortcut_never_outlives_a_change_to_the_store() {
+        let store = Store::new(1 << 20);
+        let key = LookupKey {
+            scope: scope("s"),
+            selector: "digest".into(),
+        };
+        let shortcut = Shortcut::default();
+        assert!(store.lookup_via(&key, &shortcut).is_none());
+        store.insert(&key, "ABC", entry(b"first", 60));
+        assert_eq!(store.lookup_via(&key, &shortcut).unwrap().body, "first");
+        for _ in 0..2 * SHORTCUT_USES {
+            assert_eq!(store.lookup_via(&key, &shortcut).unwrap().body, "first");
+        }
+        // A refreshed entry is seen at once ...
+        store.insert(&key, "ABC", entry(b"second", 60));
+        assert_eq!(store.lookup_via(&key, &shortcut).unwrap().body, "second");
+        // ... and a purged or flushed one is gone at once.
+        assert_eq!(store.purge("ABC", None, None), 1);
+        assert!(store.lookup_via(&key, &shortcut).is_none());
+        store.insert(&key, "ABC", entry(b"third", 60));
+        assert_eq!(store.lookup_via(&key, &shortcut).unwrap().body, "third");
+        store.flush();
+        assert!(store.lookup_via(&key, &shortcut).is_none());
+    }
+
+    #[test]
+    fn a_shortcut_does_not_keep_an_evicted_entry_alive() {
+        let store = Store::new(1 << 20);
+        let key = LookupKey {
+            scope: scope("s"),
+            selector: "ABC".into(),
+        };
+        let shortcut = Shortcut::default();
+        store.insert(&key, "ABC", entry(b"answer", 60));
+        let found = store.lookup_via(&key, &shortcut).unwrap();
+        let weak = Arc::downgrade(&found);
+        drop(found);
+        store.flush();
+        assert!(weak.upgrade().is_none(), "the shortcut holds the entry");
+    }
+
+    #[test]
+    fn entries_of_one_operation_share_their_scope_and_content_type() {
+        let store = Store::new(1 << 20);
+        let value = HeaderValue::from_static("text/xml; charset=utf-8");
+        let (a, b) = (store.content_type(&value), store.content_type(&value));
+        assert_eq!(a, value);
+        assert_eq!(a.as_bytes().as_ptr(), b.as_bytes().as_ptr());
+        // Each request builds a scope of its own; the store keeps one.
+        for i in 0..3 {
+            let key = LookupKey {
+                scope: scope("s"),
+                selector: format!("digest-{i}"),
+            };
+            store.insert(&key, &format!("K{i}"), entry(b"x", 60));
+        }
+        store.entries.run_pending_tasks();
+        let scopes: Vec<Arc<Scope>> = store.entries.iter().map(|(k, _)| k.scope.clone()).collect();
+        assert_eq!(scopes.len(), 3);
+        assert!(scopes.iter().all(|s| Arc::ptr_eq(s, &scopes[0])));
+        // A scope with vary values is not shared: it may be one per user.
+        let mut varying = (*scope("s")).clone();
+        varying.vary = Box::new([Some(HeaderValue::from_static("user-1"))]);
+        let key = LookupKey {
+            scope: Arc::new(varying),
+            selector: "K9".into(),
+        };
+        store.insert(&key, "K9", entry(b"x", 60));
+        assert!(store.lookup(&key).is_some());
+        assert_eq!(store.shared.lock().unwrap().scopes.len(), 1);
     }
 
     #[test]
