@@ -99,7 +99,9 @@ fn main() {
         "ABC-1234",
         Arc::new(Entry {
             body: Bytes::from(vec![b'x'; 800]),
-            content_type: Some(HeaderValue::from_static("text/xml; charset=utf-8")),
+            content_type: Some(Arc::new(HeaderValue::from_static(
+                "text/xml; charset=utf-8",
+            ))),
             stored_at: now,
             expires_at: now + Duration::from_secs(86_400),
             stale_secs: 0,

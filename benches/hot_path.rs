@@ -27,7 +27,9 @@ fn entry(body: Bytes) -> Arc<Entry> {
     let expires_at = now + Duration::from_secs(86_400);
     Arc::new(Entry {
         body,
-        content_type: Some(HeaderValue::from_static("text/xml; charset=utf-8")),
+        content_type: Some(Arc::new(HeaderValue::from_static(
+            "text/xml; charset=utf-8",
+        ))),
         stored_at: now,
         expires_at,
         stale_secs: 0,

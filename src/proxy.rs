@@ -1117,7 +1117,7 @@ fn cached_response(
     let mut response = Response::new(upstream::full(entry.body.clone()));
     let headers = response.headers_mut();
     if let Some(content_type) = &entry.content_type {
-        headers.insert(header::CONTENT_TYPE, content_type.clone());
+        headers.insert(header::CONTENT_TYPE, HeaderValue::clone(content_type));
     }
     mark(headers, x_cache, cache_status);
     headers.insert(header::AGE, HeaderValue::from(entry.age(now)));
