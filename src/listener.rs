@@ -91,9 +91,7 @@ pub async fn serve<H, F>(
         };
         let handler = handler.clone();
         let service = service_fn(move |request| {
-            // Boxed: the request's future is large, and hyper would move it
-            // (copy it) several times on every request otherwise.
-            let response = Box::pin(handler(request, remote));
+            let response = handler(request, remote);
             async move { Ok::<_, std::convert::Infallible>(response.await) }
         });
         let Some(acceptor) = &tls else {

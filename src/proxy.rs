@@ -160,21 +160,27 @@ pub async fn handle(
     request: Request<Incoming>,
     remote: SocketAddr,
 ) -> Response<Body> {
-    let request_id = request_id(request.headers());
+    let logged = tracing::enabled!(target: "soapcache::access", tracing::Level::INFO);
+    // The requester's id, or one made when the access log is on: an id
+    // that is written nowhere is not worth its cost on every hit.
+    let request_id = match request.headers().get(X_REQUEST_ID) {
+        Some(id) => Some(id.clone()),
+        None => logged.then(new_request_id),
+    };
     // Taken only when the access log is on: on a hit, even a clock read or
     // a clone counts.
-    let seen = tracing::enabled!(target: "soapcache::access", tracing::Level::INFO).then(|| Seen {
+    let seen = logged.then(|| Seen {
         started: Instant::now(),
         method: request.method().clone(),
         uri: request.uri().clone(),
     });
     let abandoned = Abandoned {
-        request_id: &request_id,
+        request_id: request_id.as_ref(),
         seen: seen.as_ref(),
         answered: false,
     };
     let (mut response, service, operation, outcome) =
-        route_and_answer(&shared, request, &request_id, remote).await;
+        route_and_answer(&shared, request, request_id.as_ref(), remote).await;
     abandoned.answered();
     let upstream = response.extensions().get::<UpstreamTime>().map(|t| t.0);
     if let Some(took) = upstream {
@@ -183,7 +189,7 @@ pub async fn handle(
     if let Some(seen) = &seen {
         tracing::info!(
             target: "soapcache::access",
-            request_id = request_id.to_str().unwrap_or_default(),
+            request_id = request_id.as_ref().and_then(|id| id.to_str().ok()),
             method = %seen.method,
             path = seen.uri.path(),
             %service,
@@ -196,7 +202,9 @@ pub async fn handle(
             "request"
         );
     }
-    response.headers_mut().insert(X_REQUEST_ID, request_id);
+    if let Some(id) = request_id {
+        response.headers_mut().insert(X_REQUEST_ID, id);
+    }
     response
 }
 
@@ -212,7 +220,7 @@ struct Seen {
 /// (hyper then drops the request's future): it would leave no trace
 /// otherwise. Status 499 as nginx logs it.
 struct Abandoned<'a> {
-    request_id: &'a HeaderValue,
+    request_id: Option<&'a HeaderValue>,
     seen: Option<&'a Seen>,
     answered: bool,
 }
@@ -230,7 +238,7 @@ impl Drop for Abandoned<'_> {
         };
         tracing::info!(
             target: "soapcache::access",
-            request_id = self.request_id.to_str().unwrap_or_default(),
+            request_id = self.request_id.and_then(|id| id.to_str().ok()),
             method = %seen.method,
             path = seen.uri.path(),
             result = "abandoned",
@@ -245,12 +253,8 @@ const X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-requ
 const X_CACHE: header::HeaderName = header::HeaderName::from_static("x-cache");
 const CACHE_STATUS: header::HeaderName = header::HeaderName::from_static("cache-status");
 
-/// The request's `X-Request-Id`, or a new one when the requester sent
-/// none: a process prefix and a counter, in hex.
-fn request_id(headers: &HeaderMap) -> HeaderValue {
-    if let Some(id) = headers.get(X_REQUEST_ID) {
-        return id.clone();
-    }
+/// A new request id: a process prefix and a counter, in hex.
+fn new_request_id() -> HeaderValue {
     static PREFIX: LazyLock<[u8; 8]> = LazyLock::new(|| {
         let seed = format!("{}-{:?}", std::process::id(), SystemTime::now());
         let mut prefix = [0u8; 8];
@@ -274,16 +278,16 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
 
 /// Adds the request id to a request going upstream, when the requester
 /// sent none (a hit never needs it).
-fn pass_request_id(headers: &mut HeaderMap, request_id: &HeaderValue) {
-    headers
-        .entry(X_REQUEST_ID)
-        .or_insert_with(|| request_id.clone());
+fn pass_request_id(headers: &mut HeaderMap, request_id: Option<&HeaderValue>) {
+    if let Some(id) = request_id {
+        headers.entry(X_REQUEST_ID).or_insert_with(|| id.clone());
+    }
 }
 
 async fn route_and_answer(
     shared: &Shared,
     mut request: Request<Incoming>,
-    request_id: &HeaderValue,
+    request_id: Option<&HeaderValue>,
     remote: SocketAddr,
 ) -> (Response<Body>, Arc<str>, Option<String>, Outcome) {
     let policies = shared.policies.load_full();
@@ -1120,9 +1124,24 @@ fn cached_response(
         headers.insert(header::CONTENT_TYPE, HeaderValue::clone(content_type));
     }
     mark(headers, x_cache, cache_status);
-    headers.insert(header::AGE, HeaderValue::from(entry.age(now)));
+    headers.insert(header::AGE, age_value(entry.age(now)));
     headers.insert(header::VIA, HeaderValue::from_static("1.1 soapcache"));
     response
+}
+
+/// An `Age` value. Most hits are younger than ten minutes: those values
+/// are made once, so a hit does not allocate one.
+fn age_value(seconds: u64) -> HeaderValue {
+    static YOUNG: LazyLock<Vec<HeaderValue>> = LazyLock::new(|| {
+        (0..600u64)
+            .map(|s| HeaderValue::from_static(Box::leak(s.to_string().into_boxed_str())))
+            .collect()
+    });
+    usize::try_from(seconds)
+        .ok()
+        .and_then(|s| YOUNG.get(s))
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from(seconds))
 }
 
 /// An upstream answer read whole (and possibly stripped).
@@ -1184,7 +1203,7 @@ mod tests {
     #[test]
     fn generated_request_ids_are_a_hex_prefix_and_a_hex_counter() {
         let ids: Vec<String> = (0..20)
-            .map(|_| request_id(&HeaderMap::new()).to_str().unwrap().to_owned())
+            .map(|_| new_request_id().to_str().unwrap().to_owned())
             .collect();
         for id in &ids {
             let (prefix, counter) = id.split_once('-').unwrap();
@@ -1201,9 +1220,9 @@ mod tests {
     }
 
     #[test]
-    fn a_requesters_id_is_kept() {
-        let mut headers = HeaderMap::new();
-        headers.insert(X_REQUEST_ID, HeaderValue::from_static("req-42"));
-        assert_eq!(request_id(&headers), "req-42");
+    fn age_values_are_decimal_seconds() {
+        for seconds in [0, 7, 599, 600, 86_400, u64::MAX] {
+            assert_eq!(age_value(seconds), seconds.to_string().as_str());
+        }
     }
 }

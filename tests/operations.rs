@@ -196,6 +196,30 @@ async fn generated_request_ids_are_unique_and_forwarded() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn with_the_access_log_off_only_the_requesters_ids_travel() {
+    let upstream = Upstream::start(|_| Reply::xml(200, "<not-cached/>")).await;
+    let proxy = Soapcache::serve_env(
+        &["--upstream", &upstream.url()],
+        &[("RUST_LOG", "info,soapcache::access=off")],
+    );
+    let http = Http::default();
+    let sent = http
+        .soap_with(
+            &proxy.url("/"),
+            &catalog_request("I-2"),
+            &[("x-request-id", "req-7")],
+        )
+        .await;
+    let unsent = http.soap(&proxy.url("/"), &catalog_request("I-2")).await;
+    assert_eq!(sent.header("x-request-id"), Some("req-7"));
+    // No log line to tie it to: no id is made up.
+    assert_eq!(unsent.header("x-request-id"), None);
+    let seen = upstream.seen();
+    assert_eq!(header_values(&seen[0].headers, "x-request-id"), ["req-7"]);
+    assert!(header_values(&seen[1].headers, "x-request-id").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_reload_through_the_admin_api_shows_in_metrics() {
     let upstream = Upstream::catalog().await;
     let dir = std::env::temp_dir().join(format!("soapcache-ops-reload-{}", std::process::id()));
