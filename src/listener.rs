@@ -2,6 +2,7 @@
 //! builder), each connection on its own task, and a bounded drain when
 //! shutdown is triggered.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -55,7 +56,7 @@ pub async fn serve<H, F>(
     shutdown: Shutdown,
 ) where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<Body>> + Send + 'static,
+    F: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -90,10 +91,9 @@ pub async fn serve<H, F>(
             continue;
         };
         let handler = handler.clone();
-        let service = service_fn(move |request| {
-            let response = handler(request, remote);
-            async move { Ok::<_, std::convert::Infallible>(response.await) }
-        });
+        // The handler's future goes to hyper as it is: a wrapper would
+        // copy it once more per request.
+        let service = service_fn(move |request| handler(request, remote));
         let Some(acceptor) = &tls else {
             let connection = builder
                 .serve_connection(TokioIo::new(stream), service)

@@ -6,6 +6,7 @@
 //! the pure modules (`envelope`, `selector`, `canonical`, `control`,
 //! `lifetime`), the cache by `store`, the network by `upstream`.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -160,7 +161,7 @@ pub async fn handle(
     shared: Arc<Shared>,
     request: Request<Incoming>,
     remote: SocketAddr,
-) -> Response<Body> {
+) -> Result<Response<Body>, Infallible> {
     let logged = tracing::enabled!(target: "soapcache::access", tracing::Level::INFO);
     // The requester's id, or one made when the access log is on: an id
     // that is written nowhere is not worth its cost on every hit.
@@ -206,7 +207,7 @@ pub async fn handle(
     if let Some(id) = request_id {
         response.headers_mut().insert(X_REQUEST_ID, id);
     }
-    response
+    Ok(response)
 }
 
 /// What the access log line says of a request, taken before the request
@@ -343,13 +344,14 @@ async fn route_and_answer(
 
     let (mut parts, body) = request.into_parts();
     let limits = shared.settings.client_limits;
-    let body = match read_body(
+    // Boxed: its future would otherwise be half of the hit path's.
+    let body = match Box::pin(read_body(
         body,
         &parts.headers,
         soap12_content,
         shared.settings.max_body,
         limits.timeout,
-    )
+    ))
     .await
     {
         Ok(RequestBody::Whole(body)) if !is_multipart(&parts.headers) => body,

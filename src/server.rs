@@ -67,7 +67,7 @@ pub async fn start(
     let admin = Admin::new(shared.clone(), admin_token);
     let handler = move |request, _remote| {
         let admin = admin.clone();
-        async move { admin.handle(request).await }
+        async move { Ok(admin.handle(request).await) }
     };
     // The admin API serves operators and scrapers: a few connections suffice.
     let admin_limits = ClientLimits {
