@@ -28,6 +28,9 @@ const MAX_BODY: usize = 16 * 1024;
 /// What a cacheable request's body decided.
 #[derive(Debug)]
 pub struct Known {
+    /// The service whose policy decided it: the memo is keyed by the body
+    /// alone, so that a lookup borrows the body instead of building a key.
+    pub service: Arc<str>,
     pub version: SoapVersion,
     pub name: ExpandedName,
     /// `{namespace}local`, as the store's scope holds it.
@@ -43,15 +46,9 @@ pub struct Known {
     pub shortcut: Shortcut,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct Seen {
-    service: Arc<str>,
-    body: Bytes,
-}
-
 #[derive(Clone)]
 pub struct Memo {
-    seen: Cache<Seen, Arc<Known>, crate::store::Hasher>,
+    seen: Cache<Bytes, Arc<Known>, crate::store::Hasher>,
 }
 
 impl Memo {
@@ -59,8 +56,8 @@ impl Memo {
     pub fn new(max_bytes: u64) -> Memo {
         let seen = Cache::builder()
             .max_capacity(max_bytes)
-            .weigher(|seen: &Seen, known: &Arc<Known>| {
-                let bytes = seen.body.len() + known.selector.len() + known.operation.len() + 128;
+            .weigher(|body: &Bytes, known: &Arc<Known>| {
+                let bytes = body.len() + known.selector.len() + known.operation.len() + 128;
                 u32::try_from(bytes).unwrap_or(u32::MAX)
             })
             .build_with_hasher(crate::store::Hasher::default());
@@ -71,23 +68,21 @@ impl Memo {
         if body.len() > MAX_BODY {
             return None;
         }
-        self.seen.get(&Seen {
-            service: service.clone(),
-            body: body.clone(),
-        })
+        // Two services sent the same bytes: the later one's record
+        // replaced the earlier's, and is not this service's answer.
+        self.seen
+            .get(&body[..])
+            .filter(|known| known.service == *service)
     }
 
-    pub fn remember(&self, service: &Arc<str>, body: &Bytes, known: Known) {
+    pub fn remember(&self, body: &Bytes, known: Known) {
         if body.len() > MAX_BODY {
             return;
         }
         // A copy: `body` may be a slice of a larger connection buffer,
         // which the memo must not keep alive.
-        let seen = Seen {
-            service: service.clone(),
-            body: Bytes::copy_from_slice(body),
-        };
-        self.seen.insert(seen, Arc::new(known));
+        self.seen
+            .insert(Bytes::copy_from_slice(body), Arc::new(known));
     }
 
     pub fn forget_all(&self) {
@@ -99,8 +94,9 @@ impl Memo {
 mod tests {
     use super::*;
 
-    fn known(selector: &str) -> Known {
+    fn known(service: &str, selector: &str) -> Known {
         Known {
+            service: service.into(),
             version: SoapVersion::V11,
             name: ExpandedName {
                 namespace: "urn:c".into(),
@@ -125,12 +121,16 @@ mod tests {
         let memo = Memo::new(1 << 20);
         let service: Arc<str> = "catalog".into();
         let body = Bytes::from_static(b"<Envelope>one</Envelope>");
-        memo.remember(&service, &body, known("k1"));
+        memo.remember(&body, known("catalog", "k1"));
         assert_eq!(memo.recall(&service, &body).unwrap().selector, "k1");
         assert!(memo
             .recall(&service, &Bytes::from_static(b"<Envelope>two</Envelope>"))
             .is_none());
         assert!(memo.recall(&"other".into(), &body).is_none());
+        // The same bytes sent to another service: its own record.
+        memo.remember(&body, known("other", "k2"));
+        assert_eq!(memo.recall(&"other".into(), &body).unwrap().selector, "k2");
+        assert!(memo.recall(&service, &body).is_none());
         memo.forget_all();
         assert!(memo.recall(&service, &body).is_none());
     }
@@ -140,7 +140,7 @@ mod tests {
         let memo = Memo::new(1 << 20);
         let service: Arc<str> = "s".into();
         let body = Bytes::from(vec![b'x'; MAX_BODY + 1]);
-        memo.remember(&service, &body, known("k"));
+        memo.remember(&body, known("s", "k"));
         assert!(memo.recall(&service, &body).is_none());
     }
 }

@@ -292,7 +292,7 @@ async fn route_and_answer(
     request_id: Option<&HeaderValue>,
     remote: SocketAddr,
 ) -> (Response<Body>, Arc<str>, Option<String>, Outcome) {
-    let policies = shared.policies.load_full();
+    let policies = shared.policies.load();
     let service = policies.route(request.uri().path()).map(|s| &**s);
     let service_name: Arc<str> =
         service.map_or_else(|| DEFAULT_SERVICE.clone(), |s| s.name.clone());
@@ -452,6 +452,7 @@ async fn answer_soap(
         return forward(x, Some(op)).await;
     };
     let mut known = Known {
+        service: x.service_name.clone(),
         version: x.version,
         name: op.name.clone(),
         operation: Arc::from(op.name.to_string()),
@@ -468,7 +469,7 @@ async fn answer_soap(
     };
     let lookup = lookup_key(&x.service_name, &known, &x.parts.headers, rules);
     known.key = rules.vary_headers.is_empty().then(|| lookup.clone());
-    x.shared.memo.remember(&x.service_name, &x.body, known);
+    x.shared.memo.remember(&x.body, known);
     let (response, outcome) = answer_by_key(x, op, rules, &lookup, requester).await;
     (with_debug_key(x.shared, response, &lookup), outcome)
 }
