@@ -1105,15 +1105,15 @@ fn is_multipart(headers: &HeaderMap) -> bool {
     content_type_is(headers, "multipart/")
 }
 
+/// Compared as bytes: every request asks, and `to_str` would check the
+/// whole value first.
 fn content_type_is(headers: &HeaderMap, prefix: &str) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.trim_start()
-                .get(..prefix.len())
-                .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
-        })
+    headers.get(header::CONTENT_TYPE).is_some_and(|v| {
+        v.as_bytes()
+            .trim_ascii_start()
+            .get(..prefix.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(prefix.as_bytes()))
+    })
 }
 
 fn mark(headers: &mut HeaderMap, x_cache: &'static str, cache_status: &'static str) {
