@@ -445,6 +445,13 @@ mod tests {
         })
     }
 
+    fn key(service: &str, selector: &str) -> LookupKey {
+        LookupKey {
+            scope: scope(service),
+            selector: selector.to_owned(),
+        }
+    }
+
     fn entry(body: &'static [u8], ttl: u64) -> Arc<Entry> {
         let now = SystemTime::now();
         Arc::new(Entry {
@@ -459,29 +466,17 @@ mod tests {
     #[test]
     fn a_learned_link_leads_many_lookups_to_one_entry_and_purge_clears_it() {
         let store = Store::new(1 << 20);
-        let a = LookupKey {
-            scope: scope("s"),
-            selector: "digest-a".into(),
-        };
-        let b = LookupKey {
-            scope: scope("s"),
-            selector: "digest-b".into(),
-        };
+        let a = key("s", "digest-a");
+        let b = key("s", "digest-b");
         store.insert(&a, "ABC", entry(b"answer", 60));
         store.insert(&b, "ABC", entry(b"answer", 60));
         assert_eq!(store.lookup(&a).unwrap().body, "answer");
         assert_eq!(store.lookup(&b).unwrap().body, "answer");
         // A policy key that selects the CacheKey itself needs no link.
-        let direct = LookupKey {
-            scope: scope("s"),
-            selector: "ABC".into(),
-        };
+        let direct = key("s", "ABC");
         assert!(store.lookup(&direct).is_some());
         // Another service never sees it.
-        let other = LookupKey {
-            scope: scope("t"),
-            selector: "ABC".into(),
-        };
+        let other = key("t", "ABC");
         assert!(store.lookup(&other).is_none());
 
         assert_eq!(store.purge("ABC", None, Some("Price")), 1);
@@ -494,10 +489,7 @@ mod tests {
         let store = Store::new(bound);
         static BODY: [u8; 1000] = [b'x'; 1000];
         for i in 0..500 {
-            let key = LookupKey {
-                scope: scope("s"),
-                selector: format!("k{i}"),
-            };
+            let key = key("s", &format!("k{i}"));
             store.insert(&key, &key.selector.clone(), entry(&BODY, 60));
             assert!(
                 store.weighted_bytes() <= bound + 1200,
@@ -511,10 +503,7 @@ mod tests {
     #[test]
     fn a_shortcut_never_outlives_a_change_to_the_store() {
         let store = Store::new(1 << 20);
-        let key = LookupKey {
-            scope: scope("s"),
-            selector: "digest".into(),
-        };
+        let key = key("s", "digest");
         let shortcut = Shortcut::default();
         assert!(store.lookup_via(&key, &shortcut).is_none());
         store.insert(&key, "ABC", entry(b"first", 60));
@@ -537,10 +526,7 @@ mod tests {
     #[test]
     fn a_shortcut_does_not_keep_an_evicted_entry_alive() {
         let store = Store::new(1 << 20);
-        let key = LookupKey {
-            scope: scope("s"),
-            selector: "ABC".into(),
-        };
+        let key = key("s", "ABC");
         let shortcut = Shortcut::default();
         store.insert(&key, "ABC", entry(b"answer", 60));
         let found = store.lookup_via(&key, &shortcut).unwrap();
@@ -559,10 +545,7 @@ mod tests {
         assert!(Arc::ptr_eq(&a, &b));
         // Each request builds a scope of its own; the store keeps one.
         for i in 0..3 {
-            let key = LookupKey {
-                scope: scope("s"),
-                selector: format!("digest-{i}"),
-            };
+            let key = key("s", &format!("digest-{i}"));
             store.insert(&key, &format!("K{i}"), entry(b"x", 60));
         }
         store.entries.run_pending_tasks();
@@ -585,10 +568,7 @@ mod tests {
     fn flush_empties_the_cache() {
         let store = Store::new(1 << 20);
         for i in 0..3 {
-            let key = LookupKey {
-                scope: scope("s"),
-                selector: format!("k{i}"),
-            };
+            let key = key("s", &format!("k{i}"));
             store.insert(&key, &key.selector.clone(), entry(b"x", 60));
         }
         assert_eq!(store.flush(), 3);
