@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::request::Parts;
@@ -21,14 +21,14 @@ use hyper_util::rt::TokioExecutor;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type on both sides of the proxy: whole `Bytes` or a stream.
-pub type Body = BoxBody<Bytes, BoxError>;
+pub type Body = Either<Full<Bytes>, BoxBody<Bytes, BoxError>>;
 
 pub fn full(bytes: Bytes) -> Body {
-    Full::new(bytes).map_err(|never| match never {}).boxed()
+    Either::Left(Full::new(bytes))
 }
 
 pub fn stream(body: Incoming) -> Body {
-    body.map_err(BoxError::from).boxed()
+    Either::Right(body.map_err(BoxError::from).boxed())
 }
 
 /// `Via` value soapcache adds.
@@ -213,7 +213,7 @@ pub fn head_then(head: Bytes, rest: Incoming, limit: Option<u64>) -> (Body, Arc<
         Ok(frame)
     });
     let body = http_body_util::StreamBody::new(head_frame.chain(rest_frames));
-    (BodyExt::boxed(body), exceeded)
+    (Either::Right(BodyExt::boxed(body)), exceeded)
 }
 
 /// The whole `source()` chain in one line: hyper's top-level messages alone
