@@ -19,7 +19,7 @@ mod common;
 
 use soapcache::canonical::digest;
 use soapcache::envelope::parse_request;
-use soapcache::store::{Entry, LookupKey, Scope, Store};
+use soapcache::store::{Entry, LookupKey, Store};
 
 struct Counting;
 
@@ -83,12 +83,7 @@ fn main() {
         let envelope = parse_request(body).unwrap();
         let op = envelope.operation.as_ref().unwrap();
         LookupKey {
-            scope: Arc::new(Scope {
-                service: service.clone(),
-                operation: Arc::from(op.name.to_string()),
-                version: envelope.version,
-                vary: Box::new([]),
-            }),
+            scope: common::scope_of(&service, op, envelope.version),
             selector: digest(op).unwrap(),
         }
     };
@@ -134,14 +129,7 @@ fn main() {
 
     let parse = count(N, || parse_request(body).unwrap().version);
     let digest_only = count(N, || digest(&op).unwrap());
-    let scope = count(N, || {
-        Arc::new(Scope {
-            service: service.clone(),
-            operation: Arc::from(op.name.to_string()),
-            version: envelope.version,
-            vary: Box::new([]),
-        })
-    });
+    let scope = count(N, || common::scope_of(&service, &op, envelope.version));
     let lookup = count(N, || store.lookup(&key).unwrap());
     let all = count(N, || store.lookup(&key_of(body)).unwrap());
 

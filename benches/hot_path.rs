@@ -168,12 +168,7 @@ fn hot_path(c: &mut Criterion) {
             let envelope = parse_request(black_box(key_body.as_bytes())).unwrap();
             let op = envelope.operation.as_ref().unwrap();
             let key = LookupKey {
-                scope: Arc::new(Scope {
-                    service: service.clone(),
-                    operation: Arc::from(op.name.to_string()),
-                    version: envelope.version,
-                    vary: Box::new([]),
-                }),
+                scope: common::scope_of(&service, op, envelope.version),
                 selector: digest(op).unwrap(),
             };
             store.lookup(&key).unwrap()

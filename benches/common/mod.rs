@@ -1,6 +1,22 @@
 //! Messages shared by the micro-benchmarks (not a bench target itself).
 #![allow(dead_code)]
 
+use std::sync::Arc;
+
+use soapcache::envelope::{OperationElement, SoapVersion};
+use soapcache::store::Scope;
+
+/// The scope the proxy builds for a request it parses (no vary headers):
+/// the operation's expanded name formatted anew, as on that path.
+pub fn scope_of(service: &Arc<str>, op: &OperationElement<'_>, version: SoapVersion) -> Arc<Scope> {
+    Arc::new(Scope {
+        service: service.clone(),
+        operation: Arc::from(op.name.to_string()),
+        version,
+        vary: Box::new([]),
+    })
+}
+
 /// A ~1 KB SOAP 1.1 request: a WS-Addressing header and an operation
 /// element with a dozen descendants and a few attributes, prefixes declared
 /// on the operation element. `part` is the PartNumber.
