@@ -275,14 +275,16 @@ impl Soapcache {
         let (mut proxy, mut admin) = (None, None);
         let deadline = Instant::now() + Duration::from_secs(20);
         while proxy.is_none() || admin.is_none() {
-            let line = rx
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .unwrap_or_else(|_| {
-                    panic!(
-                        "soapcache did not start; its output: {:?}",
-                        logs.lock().unwrap()
-                    )
-                });
+            let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            else {
+                // Not left running after the test that started it fails.
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "soapcache did not start; its output: {:?}",
+                    logs.lock().unwrap()
+                )
+            };
             // Text or JSON log lines: the address is what follows, up to a quote.
             let address = |marker: &str| {
                 let rest = line.split(marker).nth(1)?;
