@@ -239,17 +239,22 @@ struct Tally {
     coalesced: usize,
 }
 
+/// soapcache in front of `upstream` with the test's policy (kept in a
+/// scratch file that lives as long as the returned guard).
+fn serve_with_policy(name: &str, upstream: &Upstream) -> (Soapcache, ScratchFile) {
+    let policy = ScratchFile::new(name, "iso.toml", POLICY);
+    let proxy = Soapcache::serve(&[
+        "--policies",
+        policy.path_str(),
+        "--upstream",
+        &upstream.url(),
+    ]);
+    (proxy, policy)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_answer_belongs_to_the_request_it_answers() {
-    let seed = std::env::var("ISOLATION_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
+    let seed = Rng::seed_from_env("ISOLATION_SEED");
     let total: usize = std::env::var("ISOLATION_REQUESTS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -261,13 +266,7 @@ async fn every_answer_belongs_to_the_request_it_answers() {
     println!("isolation: seed {seed} (replay with ISOLATION_SEED={seed}), {total} requests");
 
     let (upstream, expected_bodies) = echo_upstream(seed).await;
-    let policy = ScratchFile::new("isolation", "iso.toml", POLICY);
-    let proxy = Soapcache::serve(&[
-        "--policies",
-        policy.path_str(),
-        "--upstream",
-        &upstream.url(),
-    ]);
+    let (proxy, _policy) = serve_with_policy("isolation", &upstream);
     let url = proxy.url("/iso");
     let http = Http::default();
 
@@ -503,13 +502,7 @@ async fn every_answer_belongs_to_the_request_it_answers() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_repeated_vary_header_is_keyed_by_all_its_values() {
     let (upstream, _) = echo_upstream(1).await;
-    let policy = ScratchFile::new("isolation-repeated", "iso.toml", POLICY);
-    let proxy = Soapcache::serve(&[
-        "--policies",
-        policy.path_str(),
-        "--upstream",
-        &upstream.url(),
-    ]);
+    let (proxy, _policy) = serve_with_policy("isolation-repeated", &upstream);
     let url = proxy.url("/iso");
     let http = Http::default();
     let ct = ("content-type", "text/xml; charset=utf-8");
@@ -556,13 +549,7 @@ async fn a_repeated_vary_header_is_keyed_by_all_its_values() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_spellings_the_property_test_mixes_share_one_entry() {
     let (upstream, _) = echo_upstream(2).await;
-    let policy = ScratchFile::new("isolation-spellings", "iso.toml", POLICY);
-    let proxy = Soapcache::serve(&[
-        "--policies",
-        policy.path_str(),
-        "--upstream",
-        &upstream.url(),
-    ]);
+    let (proxy, _policy) = serve_with_policy("isolation-spellings", &upstream);
     let url = proxy.url("/iso");
     let http = Http::default();
     let headers = [

@@ -555,15 +555,7 @@ async fn soak_mixed_load_with_a_failing_upstream() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
-    let seed = std::env::var("SOAK_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
+    let seed = Rng::seed_from_env("SOAK_SEED");
     let upstream = FaultyUpstream::start(seed).await;
     let policy = ScratchFile::new("soak", "soak.toml", POLICY);
     let proxy = Soapcache::serve_env(

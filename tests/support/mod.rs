@@ -606,6 +606,19 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
 pub struct Rng(u64);
 
 impl Rng {
+    /// The seed named by environment variable `var`, else one from the
+    /// clock (the test prints it, so a failing run can be repeated).
+    pub fn seed_from_env(var: &str) -> u64 {
+        std::env::var(var)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+            })
+    }
+
     pub fn new(seed: u64) -> Rng {
         Rng(seed.max(1))
     }
