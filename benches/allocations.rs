@@ -92,28 +92,28 @@ fn main() {
     store.insert(
         &key_of(body),
         "ABC-1234",
-        Arc::new(Entry {
-            body: Bytes::from(vec![b'x'; 800]),
-            content_type: Some(Arc::new(HeaderValue::from_static(
+        Arc::new(Entry::new(
+            Bytes::from(vec![b'x'; 800]),
+            Some(Arc::new(HeaderValue::from_static(
                 "text/xml; charset=utf-8",
             ))),
-            stored_at: now,
-            expires_at: now + Duration::from_secs(86_400),
-            stale_secs: 0,
-        }),
+            now,
+            now + Duration::from_secs(86_400),
+            Duration::ZERO,
+        )),
     );
     for i in 0..1000 {
         let other = xml.replace("ABC-1234", &format!("XYZ-{i:04}"));
         store.insert(
             &key_of(other.as_bytes()),
             &format!("XYZ-{i:04}"),
-            Arc::new(Entry {
-                body: Bytes::from(vec![b'y'; 800]),
-                content_type: None,
-                stored_at: now,
-                expires_at: now + Duration::from_secs(86_400),
-                stale_secs: 0,
-            }),
+            Arc::new(Entry::new(
+                Bytes::from(vec![b'y'; 800]),
+                None,
+                now,
+                now + Duration::from_secs(86_400),
+                Duration::ZERO,
+            )),
         );
     }
     assert!(store.lookup(&key_of(body)).is_some());

@@ -25,15 +25,15 @@ use soapcache::store::{Entry, LookupKey, Scope, Store};
 fn entry(body: Bytes) -> Arc<Entry> {
     let now = SystemTime::now();
     let expires_at = now + Duration::from_secs(86_400);
-    Arc::new(Entry {
+    Arc::new(Entry::new(
         body,
-        content_type: Some(Arc::new(HeaderValue::from_static(
+        Some(Arc::new(HeaderValue::from_static(
             "text/xml; charset=utf-8",
         ))),
-        stored_at: now,
+        now,
         expires_at,
-        stale_secs: 0,
-    })
+        Duration::ZERO,
+    ))
 }
 
 fn scope() -> Arc<Scope> {

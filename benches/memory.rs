@@ -106,13 +106,13 @@ fn measure(variant: &str) {
         store.insert(
             &lookup,
             &cache_key,
-            Arc::new(Entry {
+            Arc::new(Entry::new(
                 body,
-                content_type: Some(store.content_type(&content_type)),
-                stored_at: now,
+                Some(store.content_type(&content_type)),
+                now,
                 expires_at,
-                stale_secs: 0,
-            }),
+                Duration::ZERO,
+            )),
         );
     }
     let took = started.elapsed();

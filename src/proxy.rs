@@ -821,16 +821,16 @@ async fn fetch_and_store(
         .filter(|k| !k.is_empty())
         .unwrap_or(&lookup.selector)
         .to_owned();
-    let entry = Arc::new(Entry {
-        body: stripped.clone(),
-        content_type: parts
+    let entry = Arc::new(Entry::new(
+        stripped.clone(),
+        parts
             .headers
             .get(header::CONTENT_TYPE)
             .map(|v| x.shared.store.content_type(v)),
-        stored_at: now,
+        now,
         expires_at,
-        stale_secs: u32::try_from(rules.stale_if_error.as_secs()).unwrap_or(u32::MAX),
-    });
+        rules.stale_if_error,
+    ));
     x.shared.store.insert(lookup, &cache_key, entry.clone());
     tracing::debug!(service = %x.service_name, operation = %op.name, cache_key = %cache_key, "stored");
     let response = whole(parts, stripped, "MISS", "soapcache; fwd=miss; stored");

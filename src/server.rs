@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -13,6 +14,7 @@ use crate::listener::{self, ClientLimits};
 use crate::policy::PolicySet;
 use crate::proxy::{self, Settings, Shared};
 use crate::shutdown::{self, Shutdown, Signals};
+use crate::store::Store;
 
 /// A started soapcache: where it listens, its state, and its tasks.
 pub struct Running {
@@ -83,6 +85,8 @@ pub async fn start(
         shutdown.clone(),
     ));
 
+    tasks.spawn(sweep_expired(shared.store.clone(), shutdown.clone()));
+
     tracing::info!("proxy listening on {proxy_addr}");
     tracing::info!("admin listening on {admin_addr}");
     Ok(Running {
@@ -92,6 +96,27 @@ pub async fn start(
         shutdown,
         tasks,
     })
+}
+
+/// Sweeps entries past their stale window out of the cache until
+/// shutdown. A pass over a large cache takes milliseconds, so it runs in
+/// the blocking pool, and the next waits 100 times as long as the last
+/// took (1 s to 60 s): sweeping costs at most about 1% of a core.
+async fn sweep_expired(store: Store, shutdown: Shutdown) {
+    let mut pause = Duration::from_secs(1);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = shutdown.triggered() => return,
+        }
+        let started = Instant::now();
+        let store = store.clone();
+        if let Ok(removed @ 1..) = tokio::task::spawn_blocking(move || store.remove_expired()).await
+        {
+            tracing::debug!(removed, "expired entries swept");
+        }
+        pause = (started.elapsed() * 100).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    }
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, String> {

@@ -106,6 +106,38 @@ async fn metrics_count_exactly_the_requests_made() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn expired_entries_leave_the_counts_without_further_traffic() {
+    let upstream = Upstream::start(|seen| {
+        let expires = std::time::SystemTime::now() + Duration::from_secs(2);
+        Reply::xml(
+            200,
+            catalog_response(&part_of(&seen.body), &httpdate_to_xsd(expires)),
+        )
+    })
+    .await;
+    let proxy = Soapcache::serve(&["--upstream", &upstream.url()]);
+    let http = Http::default();
+    http.soap(&proxy.url("/"), &catalog_request("SHORT")).await;
+    let entries = || async {
+        let stats = json(&http.admin("GET", &proxy.admin_url("/stats")).await);
+        stats["entries"].as_u64().unwrap()
+    };
+    assert_eq!(entries().await, 1);
+    // No request asks for it again: the periodic sweep removes it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while entries().await != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "an expired entry is still counted"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let m = parse_metrics(&http.admin("GET", &proxy.admin_url("/metrics")).await.text());
+    assert_eq!(m["soapcache_cache_entries"], 0.0);
+    assert_eq!(upstream.count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn upstream_errors_are_counted() {
     let upstream = Upstream::catalog().await;
     upstream.stop();
