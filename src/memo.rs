@@ -15,7 +15,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use moka::sync::Cache;
+use quick_cache::sync::Cache;
 
 use crate::envelope::{ExpandedName, SoapVersion};
 use crate::metrics::Tally;
@@ -46,22 +46,38 @@ pub struct Known {
     pub shortcut: Shortcut,
 }
 
+/// The memo is read on every request, hits included, so it is a
+/// quick_cache and not a moka cache like the store: a read takes a shard's
+/// read lock and sets a bit, where moka's also reads the clock and queues
+/// the access for its housekeeping (measured with `benches/load.rs`).
 #[derive(Clone)]
 pub struct Memo {
-    seen: Cache<Bytes, Arc<Known>, crate::store::Hasher>,
+    seen: Arc<Cache<Bytes, Arc<Known>, Weight, crate::store::Hasher>>,
+}
+
+/// A record's cost: the body it is found by, and what it holds.
+#[derive(Clone)]
+struct Weight;
+
+impl quick_cache::Weighter<Bytes, Arc<Known>> for Weight {
+    fn weight(&self, body: &Bytes, known: &Arc<Known>) -> u64 {
+        (body.len() + known.selector.len() + known.operation.len() + 128) as u64
+    }
 }
 
 impl Memo {
     /// A memo holding at most about `max_bytes` of bodies.
     pub fn new(max_bytes: u64) -> Memo {
-        let seen = Cache::builder()
-            .max_capacity(max_bytes)
-            .weigher(|body: &Bytes, known: &Arc<Known>| {
-                let bytes = body.len() + known.selector.len() + known.operation.len() + 128;
-                u32::try_from(bytes).unwrap_or(u32::MAX)
-            })
-            .build_with_hasher(crate::store::Hasher::default());
-        Memo { seen }
+        let seen = Cache::with(
+            usize::try_from(max_bytes / 1024).unwrap_or(usize::MAX),
+            max_bytes,
+            Weight,
+            crate::store::Hasher::default(),
+            Default::default(),
+        );
+        Memo {
+            seen: Arc::new(seen),
+        }
     }
 
     pub fn recall(&self, service: &Arc<str>, body: &Bytes) -> Option<Arc<Known>> {
@@ -86,7 +102,7 @@ impl Memo {
     }
 
     pub fn forget_all(&self) {
-        self.seen.invalidate_all();
+        self.seen.clear();
     }
 }
 
@@ -133,6 +149,17 @@ mod tests {
         assert!(memo.recall(&service, &body).is_none());
         memo.forget_all();
         assert!(memo.recall(&service, &body).is_none());
+    }
+
+    #[test]
+    fn the_memo_stays_within_its_bytes() {
+        let memo = Memo::new(1 << 20);
+        for i in 0..5000 {
+            let body = Bytes::from(format!("<Envelope>{i:01000}</Envelope>"));
+            memo.remember(&body, known("s", "k"));
+        }
+        assert!(memo.seen.weight() <= 1 << 20, "{}", memo.seen.weight());
+        assert!(memo.seen.len() > 500, "it still remembers: {}", memo.seen.len());
     }
 
     #[test]
