@@ -159,7 +159,11 @@ mod tests {
             memo.remember(&body, known("s", "k"));
         }
         assert!(memo.seen.weight() <= 1 << 20, "{}", memo.seen.weight());
-        assert!(memo.seen.len() > 500, "it still remembers: {}", memo.seen.len());
+        assert!(
+            memo.seen.len() > 500,
+            "it still remembers: {}",
+            memo.seen.len()
+        );
     }
 
     #[test]
