@@ -49,7 +49,8 @@ pub struct Known {
 /// The memo is read on every request, hits included, so it is a
 /// quick_cache and not a moka cache like the store: a read takes a shard's
 /// read lock and sets a bit, where moka's also reads the clock and queues
-/// the access for its housekeeping (measured with `benches/load.rs`).
+/// the access for its housekeeping (`cargo bench --bench hot_path --
+/// memo_recall`: 169 ns with moka, 72–88 ns with quick_cache).
 #[derive(Clone)]
 pub struct Memo {
     seen: Arc<Cache<Bytes, Arc<Known>, Weight, crate::store::Hasher>>,
