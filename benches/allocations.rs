@@ -1,24 +1,36 @@
 //! Heap allocations of the hit path's key computation: the envelope pass,
 //! the canonical digest, the lookup key and the store lookup, for one ~1 KB
 //! request, counted by a counting global allocator (in this bench target
-//! only, so that it slows no other bench).
+//! only, so that it slows no other bench). Then the whole process per
+//! answer: soapcache started in this process answering cache hits over a
+//! keep-alive connection, against the same service answered directly (the
+//! baseline), from a client that itself allocates nothing.
 //!
 //! `cargo bench --bench allocations`; run as a test (no `--bench`
 //! argument) it only says how to run it.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use http_body_util::Full;
 use hyper::header::HeaderValue;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
 
 mod common;
 
 use soapcache::canonical::digest;
 use soapcache::envelope::parse_request;
+use soapcache::listener::ClientLimits;
+use soapcache::policy::PolicySet;
+use soapcache::proxy::Settings;
 use soapcache::store::{Entry, LookupKey, Store};
 
 struct Counting;
@@ -156,4 +168,137 @@ fn main() {
     );
     println!("allocations per hit-path key computation: {:.0}", all.0);
     println!("bytes allocated per hit-path key computation: {:.0}", all.1);
+
+    whole_process(&xml);
+}
+
+/// Allocations per answer of the whole process (proxy, hyper, tokio), for
+/// soapcache hits and for the service it fronts answering directly.
+fn whole_process(request_body: &str) {
+    const N: u64 = 20_000;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (service, proxy) = runtime.block_on(async {
+        let service = start_service().await;
+        let settings = Settings {
+            default_upstream: Some(format!("http://{service}/catalog").parse().unwrap()),
+            policy_path: None,
+            cache_size: 64 << 20,
+            max_body: 1 << 20,
+            upstream_timeout: Duration::from_secs(10),
+            debug_headers: false,
+            upstream_ca: None,
+            client_limits: ClientLimits {
+                timeout: Duration::from_secs(30),
+                max_connections: 64,
+            },
+        };
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let running = soapcache::server::start(settings, PolicySet::empty(), any, any, None, None)
+            .await
+            .expect("soapcache starts");
+        let proxy = running.proxy_addr;
+        // Keep it serving for the rest of the run.
+        std::mem::forget(running);
+        (service, proxy)
+    });
+    let request = format!(
+        "POST /catalog HTTP/1.1\r\nHost: bench\r\nContent-Type: text/xml; charset=utf-8\r\n\
+         SOAPAction: \"http://example.org/2001/06/catalog/CatalogPriceRequest\"\r\n\
+         Content-Length: {}\r\n\r\n{request_body}",
+        request_body.len()
+    );
+    let direct = per_answer(service, request.as_bytes(), N, "");
+    let hits = per_answer(proxy, request.as_bytes(), N, "x-cache: HIT");
+    println!(
+        "whole process per answer, one keep-alive connection, {N} requests \
+         (soapcache and the service in this process, on one tokio worker):"
+    );
+    println!(
+        "  the service answered directly {:>6.2} allocations {:>6.0} bytes",
+        direct.0, direct.1
+    );
+    println!(
+        "  soapcache, cache hit          {:>6.2} allocations {:>6.0} bytes",
+        hits.0, hits.1
+    );
+    println!(
+        "allocations per hit ÷ per direct answer: {:.2}",
+        hits.0 / direct.0
+    );
+    drop(runtime);
+}
+
+/// A hyper service answering every request with the 1 KB catalog
+/// response (`CacheControl` included), as the bench's upstream.
+async fn start_service() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let answer = Bytes::from(common::response_1k());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |_request| {
+                    let mut response = hyper::Response::new(Full::new(answer.clone()));
+                    response.headers_mut().insert(
+                        hyper::header::CONTENT_TYPE,
+                        HeaderValue::from_static("text/xml; charset=utf-8"),
+                    );
+                    async move { Ok::<_, std::convert::Infallible>(response) }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Sends `request` `n` times over one connection (after a warm-up) and
+/// counts the process's allocations meanwhile. The client writes a
+/// prebuilt request and reads into a stack buffer: it allocates nothing.
+fn per_answer(addr: SocketAddr, request: &[u8], n: u64, expect: &str) -> (f64, f64) {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_nodelay(true).expect("nodelay");
+    let mut buffer = [0u8; 16 * 1024];
+    let mut exchange = |stream: &mut TcpStream, expect: &str| {
+        stream.write_all(request).expect("send");
+        let mut have = 0;
+        loop {
+            let read = stream.read(&mut buffer[have..]).expect("receive");
+            assert!(read > 0, "the server closed the connection");
+            have += read;
+            let Some(head_end) = find(&buffer[..have], b"\r\n\r\n") else {
+                continue;
+            };
+            let head = std::str::from_utf8(&buffer[..head_end]).expect("ASCII head");
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("content-length: ")
+                        .or_else(|| l.strip_prefix("Content-Length: "))
+                })
+                .and_then(|v| v.trim().parse().ok())
+                .expect("Content-Length");
+            if have >= head_end + 4 + length {
+                assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+                assert!(head.contains(expect), "{head}");
+                return;
+            }
+        }
+    };
+    // The first answer through soapcache is its miss.
+    for _ in 0..200 {
+        exchange(&mut stream, "");
+    }
+    count(n, || exchange(&mut stream, expect))
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
