@@ -28,9 +28,7 @@ mod common;
 
 use soapcache::canonical::digest;
 use soapcache::envelope::parse_request;
-use soapcache::listener::ClientLimits;
 use soapcache::policy::PolicySet;
-use soapcache::proxy::Settings;
 use soapcache::store::{Entry, LookupKey, Store};
 
 struct Counting;
@@ -183,19 +181,8 @@ fn whole_process(request_body: &str) {
         .expect("runtime");
     let (service, proxy) = runtime.block_on(async {
         let service = start_service().await;
-        let settings = Settings {
-            default_upstream: Some(format!("http://{service}/catalog").parse().unwrap()),
-            policy_path: None,
-            cache_size: 64 << 20,
-            max_body: 1 << 20,
-            upstream_timeout: Duration::from_secs(10),
-            debug_headers: false,
-            upstream_ca: None,
-            client_limits: ClientLimits {
-                timeout: Duration::from_secs(30),
-                max_connections: 64,
-            },
-        };
+        let settings =
+            soapcache::demo::settings(format!("http://{service}/catalog").parse().unwrap());
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let running = soapcache::server::start(settings, PolicySet::empty(), any, any, None, None)
             .await

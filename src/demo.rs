@@ -38,13 +38,11 @@ struct ServiceLog {
     first_sent: Mutex<String>,
 }
 
-pub async fn run(args: DemoArgs) -> Result<(), String> {
-    let log = Arc::new(ServiceLog::default());
-    let service_addr = start_catalog_service(log.clone()).await?;
-    let service_url = format!("http://{service_addr}/catalog");
-
-    let settings = Settings {
-        default_upstream: Some(service_url.parse().map_err(|e| format!("{e}"))?),
+/// The demo's soapcache: in front of `upstream`, no policies, a 64 MiB
+/// cache. Benchmarks that start soapcache in their own process use it too.
+pub fn settings(upstream: hyper::Uri) -> Settings {
+    Settings {
+        default_upstream: Some(upstream),
         policy_path: None,
         cache_size: 64 << 20,
         max_body: 1 << 20,
@@ -55,7 +53,15 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
             timeout: Duration::from_secs(30),
             max_connections: 1024,
         },
-    };
+    }
+}
+
+pub async fn run(args: DemoArgs) -> Result<(), String> {
+    let log = Arc::new(ServiceLog::default());
+    let service_addr = start_catalog_service(log.clone()).await?;
+    let service_url = format!("http://{service_addr}/catalog");
+
+    let settings = settings(service_url.parse().map_err(|e| format!("{e}"))?);
     let mut signals = Signals::install()?;
     let listen = free_or_any(args.listen).await;
     let admin = free_or_any(args.admin).await;
