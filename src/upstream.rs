@@ -188,8 +188,19 @@ async fn read_answer(
     parts.extensions.insert(UpstreamTime(started.elapsed()));
     Ok(Fetched {
         parts,
-        body: FetchedBody::Whole(buffer.freeze()),
+        body: FetchedBody::Whole(exact(buffer)),
     })
+}
+
+/// The body without spare capacity. A chunked answer (no Content-Length)
+/// grew its buffer by doubling; stored as it is, an entry could cost up to
+/// twice the bytes the cache's weigher counts for it.
+fn exact(buffer: BytesMut) -> Bytes {
+    if buffer.capacity() - buffer.len() > buffer.len() / 8 {
+        Bytes::copy_from_slice(&buffer)
+    } else {
+        buffer.freeze()
+    }
 }
 
 /// A body of `head` followed by the rest of `rest` as it arrives. With a
@@ -399,5 +410,26 @@ mod tests {
         assert_eq!(h["host"], "front.example");
         assert_eq!(h["via"], VIA);
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+    }
+
+    #[test]
+    fn a_grown_body_is_kept_without_its_spare_capacity() {
+        let mut grown = BytesMut::new();
+        for _ in 0..33 {
+            grown.extend_from_slice(&[b'x'; 32]);
+        }
+        assert!(grown.capacity() >= 2 * 1024, "{}", grown.capacity());
+        let kept = exact(grown).try_into_mut().unwrap();
+        assert_eq!(kept.len(), 33 * 32);
+        assert!(kept.capacity() < 33 * 32 * 9 / 8, "{}", kept.capacity());
+
+        let mut sized = BytesMut::with_capacity(1000);
+        sized.extend_from_slice(&[b'x'; 1000]);
+        let at = sized.as_ptr();
+        assert_eq!(
+            exact(sized).as_ptr(),
+            at,
+            "a buffer of the right size is not copied"
+        );
     }
 }
