@@ -11,7 +11,6 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -254,38 +253,13 @@ fn per_answer(addr: SocketAddr, request: &[u8], n: u64, expect: &str) -> (f64, f
     stream.set_nodelay(true).expect("nodelay");
     let mut buffer = [0u8; 16 * 1024];
     let mut exchange = |stream: &mut TcpStream, expect: &str| {
-        stream.write_all(request).expect("send");
-        let mut have = 0;
-        loop {
-            let read = stream.read(&mut buffer[have..]).expect("receive");
-            assert!(read > 0, "the server closed the connection");
-            have += read;
-            let Some(head_end) = find(&buffer[..have], b"\r\n\r\n") else {
-                continue;
-            };
-            let head = std::str::from_utf8(&buffer[..head_end]).expect("ASCII head");
-            let length: usize = head
-                .lines()
-                .find_map(|l| {
-                    l.strip_prefix("content-length: ")
-                        .or_else(|| l.strip_prefix("Content-Length: "))
-                })
-                .and_then(|v| v.trim().parse().ok())
-                .expect("Content-Length");
-            if have >= head_end + 4 + length {
-                assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-                assert!(head.contains(expect), "{head}");
-                return;
-            }
-        }
+        let (head, _) = common::exchange(stream, request, &mut buffer);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(head.contains(expect), "{head}");
     };
     // The first answer through soapcache is its miss.
     for _ in 0..200 {
         exchange(&mut stream, "");
     }
     count(n, || exchange(&mut stream, expect))
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
 }

@@ -1,6 +1,8 @@
 //! Messages shared by the micro-benchmarks (not a bench target itself).
 #![allow(dead_code)]
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::sync::Arc;
 
 use soapcache::envelope::{OperationElement, SoapVersion};
@@ -89,4 +91,51 @@ pub fn response_1k() -> String {
         xml.len()
     );
     xml
+}
+
+/// One HTTP/1.1 exchange on a keep-alive connection: writes `request` (a
+/// whole prebuilt request) and reads the answer into `buffer`, allocating
+/// nothing. Returns the answer's head and its body.
+pub fn exchange<'b>(
+    stream: &mut TcpStream,
+    request: &[u8],
+    buffer: &'b mut [u8],
+) -> (&'b str, &'b [u8]) {
+    stream.write_all(request).expect("send");
+    let mut have = 0;
+    let (head_end, length) = loop {
+        let read = stream.read(&mut buffer[have..]).expect("receive");
+        assert!(read > 0, "the server closed the connection");
+        have += read;
+        let Some(head_end) = find(&buffer[..have], b"\r\n\r\n") else {
+            continue;
+        };
+        let head = std::str::from_utf8(&buffer[..head_end]).expect("ASCII head");
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("content-length: ")
+                    .or_else(|| l.strip_prefix("Content-Length: "))
+            })
+            .and_then(|v| v.trim().parse().ok())
+            .expect("Content-Length");
+        if have >= head_end + 4 + length {
+            break (head_end, length);
+        }
+    };
+    let (head, rest) = buffer[..have].split_at(head_end);
+    let head = std::str::from_utf8(head).expect("ASCII head");
+    (head, &rest[4..4 + length])
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The text of the first `PartNumber` element of a message.
+pub fn part_number(message: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(message).ok()?;
+    let start = text.find("PartNumber>")? + "PartNumber>".len();
+    let end = start + text[start..].find('<')?;
+    Some(text[start..end].to_owned())
 }
