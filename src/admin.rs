@@ -45,7 +45,7 @@ impl Admin {
         match (request.method(), path) {
             (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok"),
             (&Method::GET, "/metrics") => {
-                let mut response = text(StatusCode::OK, &shared.metrics.encode(&shared.store));
+                let mut response = text(StatusCode::OK, &shared.metrics.encode(&shared.store, shared.memo.size()));
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),

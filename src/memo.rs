@@ -102,6 +102,11 @@ impl Memo {
             .insert(Bytes::copy_from_slice(body), Arc::new(known));
     }
 
+    /// How many bodies are remembered, and their weight in bytes.
+    pub fn size(&self) -> (u64, u64) {
+        (self.seen.len() as u64, self.seen.weight())
+    }
+
     pub fn forget_all(&self) {
         self.seen.clear();
     }

@@ -89,6 +89,8 @@ pub struct Metrics {
     upstream_duration: Histogram,
     entries: Gauge,
     bytes: Gauge,
+    memo_bodies: Gauge,
+    memo_bytes: Gauge,
     evictions: Counter,
     coalesced: Counter,
     upstream_errors: Counter,
@@ -112,6 +114,8 @@ impl Metrics {
         let upstream_duration = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
         let entries = Gauge::default();
         let bytes = Gauge::default();
+        let memo_bodies = Gauge::default();
+        let memo_bytes = Gauge::default();
         let evictions = Counter::default();
         let coalesced = Counter::default();
         let upstream_errors = Counter::default();
@@ -135,6 +139,16 @@ impl Metrics {
             "soapcache_cache_bytes",
             "Bytes held by cache entries (by weight)",
             bytes.clone(),
+        );
+        registry.register(
+            "soapcache_memo_bodies",
+            "Repeated request bodies remembered with their cache key (no XML pass on a repeat)",
+            memo_bodies.clone(),
+        );
+        registry.register(
+            "soapcache_memo_bytes",
+            "Bytes held by remembered request bodies (by weight), besides the cache's",
+            memo_bytes.clone(),
         );
         registry.register(
             "soapcache_evictions",
@@ -193,6 +207,8 @@ impl Metrics {
             upstream_duration,
             entries,
             bytes,
+            memo_bodies,
+            memo_bytes,
             evictions,
             coalesced,
             upstream_errors,
@@ -294,8 +310,13 @@ impl Metrics {
         self.reloads.inc();
     }
 
-    /// The Prometheus text exposition, with the cache gauges read now.
-    pub fn encode(&self, store: &Store) -> String {
+    /// The Prometheus text exposition, with the cache gauges read now;
+    /// `memo` is the memo's `(bodies, bytes)`.
+    pub fn encode(&self, store: &Store, memo: (u64, u64)) -> String {
+        self.memo_bodies
+            .set(i64::try_from(memo.0).unwrap_or(i64::MAX));
+        self.memo_bytes
+            .set(i64::try_from(memo.1).unwrap_or(i64::MAX));
         self.entries
             .set(i64::try_from(store.entry_count()).unwrap_or(i64::MAX));
         self.bytes
@@ -388,7 +409,7 @@ mod tests {
         m.coalesced();
         m.upstream_error();
         m.upstream_duration(Duration::from_millis(3));
-        let text = m.encode(&store);
+        let text = m.encode(&store, (0, 0));
         for name in [
             "soapcache_requests_total{",
             "soapcache_upstream_request_duration_seconds_bucket",
@@ -409,7 +430,7 @@ mod tests {
         for i in 0..(MAX_OPERATION_LABELS + 50) {
             m.record("default", Some(&format!("Op{i}")), false, Outcome::Miss);
         }
-        let text = m.encode(&Store::new(1024));
+        let text = m.encode(&Store::new(1024), (0, 0));
         assert!(text.contains(r#"operation="other""#));
         assert!(!text.contains(&format!("Op{}", MAX_OPERATION_LABELS + 10)));
     }

@@ -66,7 +66,7 @@ pub struct Settings {
 pub struct Shared {
     pub policies: ArcSwap<PolicySet>,
     pub store: Store,
-    memo: Memo,
+    pub memo: Memo,
     pub metrics: Metrics,
     flights: Coalescer<LookupKey>,
     upstream: Upstream,
@@ -469,8 +469,13 @@ async fn answer_soap(
     };
     let lookup = lookup_key(&x.service_name, &known, &x.parts.headers, rules);
     known.key = rules.vary_headers.is_empty().then(|| lookup.clone());
-    x.shared.memo.remember(&x.body, known);
     let (response, outcome) = answer_by_key(x, op, rules, &lookup, requester).await;
+    // Only a body answered from the cache is remembered: a proven repeat.
+    // Bodies seen once (a cache filling up, keys never asked again) would
+    // otherwise fill the memo, at the cost of their size again each.
+    if outcome == Outcome::Hit {
+        x.shared.memo.remember(&x.body, known);
+    }
     (with_debug_key(x.shared, response, &lookup), outcome)
 }
 

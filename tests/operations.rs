@@ -138,6 +138,39 @@ async fn expired_entries_leave_the_counts_without_further_traffic() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn only_request_bodies_answered_from_the_cache_are_remembered() {
+    let upstream = Upstream::catalog().await;
+    let proxy = Soapcache::serve(&["--upstream", &upstream.url()]);
+    let http = Http::default();
+    let memo = || async {
+        let m = parse_metrics(&http.admin("GET", &proxy.admin_url("/metrics")).await.text());
+        (m["soapcache_memo_bodies"], m["soapcache_memo_bytes"])
+    };
+    let parts: Vec<String> = (0..20).map(|i| format!("MEMO-{i}")).collect();
+    // Twenty distinct requests, each stored: none is a repeat yet.
+    for part in &parts {
+        let answer = http.soap(&proxy.url("/"), &catalog_request(part)).await;
+        assert_eq!(answer.x_cache(), "MISS");
+    }
+    assert_eq!(memo().await, (0.0, 0.0));
+    // Their repeats are hits, and from now on each body is remembered.
+    for _ in 0..2 {
+        for part in parts.iter().take(5) {
+            let answer = http.soap(&proxy.url("/"), &catalog_request(part)).await;
+            assert_eq!(answer.x_cache(), "HIT");
+            assert!(answer.text().contains(part.as_str()));
+        }
+    }
+    let (bodies, bytes) = memo().await;
+    assert_eq!(bodies, 5.0);
+    assert!(
+        bytes >= 5.0 * catalog_request("MEMO-0").len() as f64,
+        "{bytes}"
+    );
+    assert_eq!(upstream.count(), 20);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn upstream_errors_are_counted() {
     let upstream = Upstream::catalog().await;
     upstream.stop();
