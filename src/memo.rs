@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use quick_cache::sync::Cache;
+use smol_str::SmolStr;
 
 use crate::envelope::{ExpandedName, SoapVersion};
 use crate::metrics::Tally;
@@ -35,7 +36,7 @@ pub struct Known {
     pub name: ExpandedName,
     /// `{namespace}local`, as the store's scope holds it.
     pub operation: Arc<str>,
-    pub selector: String,
+    pub selector: SmolStr,
     pub has_security_header: bool,
     /// The metric counters a hit of this request increments.
     pub hits: Tally,

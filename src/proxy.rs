@@ -19,6 +19,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode, Uri};
+use smol_str::SmolStr;
 
 use crate::coalesce::{self, Coalescer, Role, Waited};
 use crate::control::{addressed_blocks_in_head, inspect_response, splice};
@@ -615,7 +616,7 @@ fn may_share(headers: &HeaderMap, has_security_header: bool, rules: &Rules) -> b
 /// The request's selector value: the policy's `key` expressions, or the
 /// digest of the operation element. `None` when it cannot be evaluated on
 /// this request (then the request is forwarded).
-fn select_key(x: &Exchange<'_>, op: &OperationElement<'_>) -> Option<String> {
+fn select_key(x: &Exchange<'_>, op: &OperationElement<'_>) -> Option<SmolStr> {
     let policy_key = x
         .service
         .and_then(|s| s.operation(&op.name))
@@ -623,6 +624,7 @@ fn select_key(x: &Exchange<'_>, op: &OperationElement<'_>) -> Option<String> {
     match policy_key {
         Some(selector) => selector
             .select(op)
+            .map(SmolStr::from)
             .map_err(|e| tracing::warn!("key selection failed: {e}"))
             .ok(),
         None => canonical::digest(op)

@@ -37,7 +37,8 @@ pub struct Scope {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct LookupKey {
     pub scope: Arc<Scope>,
-    pub selector: String,
+    /// Digests (22 characters) and most policy keys are held inline.
+    pub selector: SmolStr,
 }
 
 /// Where an entry lives: its scope and the `CacheKey` it is stored under.
@@ -179,8 +180,8 @@ struct Resolved {
 /// eviction policy still sees which entries are popular.
 const SHORTCUT_USES: u32 = 16;
 
-/// foldhash, randomly seeded per process: keys hold 64-character digests
-/// and selector values, which SipHash (the default) hashes several times
+/// foldhash, randomly seeded per process: keys hold digests and selector
+/// values, which SipHash (the default) hashes several times
 /// slower, on every hit. Equality is still checked in full on a match.
 pub type Hasher = foldhash::fast::RandomState;
 
@@ -265,7 +266,7 @@ impl Store {
         }
         let entry_key = EntryKey {
             scope: key.scope.clone(),
-            cache_key: SmolStr::new(&key.selector),
+            cache_key: key.selector.clone(),
         };
         self.live_entry(&entry_key, now)
     }
@@ -484,7 +485,7 @@ mod tests {
     fn key(service: &str, selector: &str) -> LookupKey {
         LookupKey {
             scope: scope(service),
-            selector: selector.to_owned(),
+            selector: selector.into(),
         }
     }
 

@@ -34,7 +34,9 @@ fn digest_of(op: &Element, xml: &str) -> String {
         (op.ns, op.local),
         "operation name of {xml}"
     );
-    digest(&found).unwrap_or_else(|e| panic!("digest failed ({e}) on {xml}"))
+    digest(&found)
+        .unwrap_or_else(|e| panic!("digest failed ({e}) on {xml}"))
+        .to_string()
 }
 
 fuzz_target!(|data: &[u8]| {
