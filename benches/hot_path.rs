@@ -201,6 +201,7 @@ fn known(service: &Arc<str>) -> Known {
             namespace: "http://example.org/2001/06/catalog".into(),
             local: "CatalogPriceRequest".into(),
         },
+        local_name: "CatalogPriceRequest".into(),
         operation: "{http://example.org/2001/06/catalog}CatalogPriceRequest".into(),
         selector: "0".repeat(22).into(),
         has_security_header: false,

@@ -34,6 +34,9 @@ pub struct Known {
     pub service: Arc<str>,
     pub version: SoapVersion,
     pub name: ExpandedName,
+    /// `name.local`, shared: a hit reports it (access log, metrics)
+    /// without copying it.
+    pub local_name: Arc<str>,
     /// `{namespace}local`, as the store's scope holds it.
     pub operation: Arc<str>,
     pub selector: SmolStr,
@@ -125,6 +128,7 @@ mod tests {
                 namespace: "urn:c".into(),
                 local: "Price".into(),
             },
+            local_name: "Price".into(),
             operation: "{urn:c}Price".into(),
             selector: selector.into(),
             has_security_header: false,

@@ -153,7 +153,7 @@ struct Exchange<'a> {
     target: Uri,
     remote: SocketAddr,
     version: SoapVersion,
-    operation: Option<String>,
+    operation: Option<Arc<str>>,
     declared: bool,
 }
 
@@ -292,7 +292,7 @@ async fn route_and_answer(
     mut request: Request<Incoming>,
     request_id: Option<&HeaderValue>,
     remote: SocketAddr,
-) -> (Response<Body>, Arc<str>, Option<String>, Outcome) {
+) -> (Response<Body>, Arc<str>, Option<Arc<str>>, Outcome) {
     let policies = shared.policies.load();
     let service = policies.route(request.uri().path()).map(|s| &**s);
     let service_name: Arc<str> =
@@ -383,7 +383,7 @@ async fn route_and_answer(
     if let Some(known) = shared.memo.recall(&service_name, &body) {
         if let Some(response) = memo_hit(shared, service, &service_name, &parts.headers, &known) {
             known.hits.count();
-            let operation = Some(known.name.local.clone());
+            let operation = Some(known.local_name.clone());
             return (response, service_name, operation, Outcome::Hit);
         }
     }
@@ -407,7 +407,10 @@ async fn route_and_answer(
             }
         };
 
-        let operation = envelope.operation.as_ref().map(|op| op.name.local.clone());
+        let operation = envelope
+            .operation
+            .as_ref()
+            .map(|op| Arc::from(op.name.local.as_str()));
         let declared = envelope
             .operation
             .as_ref()
@@ -456,6 +459,10 @@ async fn answer_soap(
         service: x.service_name.clone(),
         version: x.version,
         name: op.name.clone(),
+        local_name: x
+            .operation
+            .clone()
+            .unwrap_or_else(|| Arc::from(op.name.local.as_str())),
         operation: Arc::from(op.name.to_string()),
         selector,
         has_security_header: envelope.has_security_header,
@@ -1015,7 +1022,7 @@ async fn forward_uncached(
     target: Uri,
     remote: SocketAddr,
     soap12_content: bool,
-) -> (Response<Body>, Option<String>, Outcome) {
+) -> (Response<Body>, Option<Arc<str>>, Outcome) {
     let (head, rest) = match body {
         RequestBody::Whole(whole) => (whole, None),
         RequestBody::Large { head, rest } => (head, Some(rest)),
@@ -1048,7 +1055,9 @@ async fn forward_uncached(
         .as_ref()
         .map_or(version_of(soap12_content), |h| h.version);
     let operation_name = request_head.and_then(|h| h.operation);
-    let operation = operation_name.as_ref().map(|op| op.local.clone());
+    let operation = operation_name
+        .as_ref()
+        .map(|op| Arc::from(op.local.as_str()));
     let rules = match (service, &operation_name) {
         (Some(s), Some(op)) => s.rules(op),
         _ => &*DEFAULT_RULES,
