@@ -343,18 +343,25 @@ async fn route_and_answer(
         return finish(response, outcome);
     }
 
-    let (mut parts, body) = request.into_parts();
+    let (mut parts, mut body) = request.into_parts();
     let limits = shared.settings.client_limits;
-    // Boxed: its future would otherwise be half of the hit path's.
-    let body = match Box::pin(read_body(
-        body,
-        &parts.headers,
-        soap12_content,
-        shared.settings.max_body,
-        limits.timeout,
-    ))
-    .await
-    {
+    let read = match ready_body(&mut body, &parts.headers, shared.settings.max_body) {
+        Ready::Whole(whole) => Ok(RequestBody::Whole(whole)),
+        Ready::Failed(e) => Err(unreadable_body(&e, soap12_content)),
+        // Boxed: its future would otherwise be half of the hit path's.
+        Ready::Started(first) => {
+            Box::pin(read_body(
+                body,
+                first,
+                &parts.headers,
+                soap12_content,
+                shared.settings.max_body,
+                limits.timeout,
+            ))
+            .await
+        }
+    };
+    let body = match read {
         Ok(RequestBody::Whole(body)) if !is_multipart(&parts.headers) => body,
         Ok(body) => {
             let target = match target_of(&parts.uri) {
@@ -906,21 +913,59 @@ enum RequestBody {
     Large { head: Bytes, rest: Incoming },
 }
 
-/// Reads the request body: 413 past `max_body` (decided from
-/// `Content-Length` before reading anything when it is given), 408 when it
-/// does not arrive within `timeout`.
+/// What of a request body is there to take at once.
+enum Ready {
+    /// All of it: one frame of the declared length.
+    Whole(Bytes),
+    /// Not all: what was taken (if anything), for [`read_body`] to go on.
+    Started(Option<Bytes>),
+    Failed(hyper::Error),
+}
+
+/// Most SOAP requests arrive whole with their head: the body is one frame,
+/// ready now, of the declared length. Taken here, it needs neither the
+/// boxed [`read_body`] (an allocation, and its state copied in, per
+/// request) nor a timer.
+fn ready_body(body: &mut Incoming, headers: &HeaderMap, max_body: u64) -> Ready {
+    let small = |len: &u64| (1..=max_body.min(STREAM_THRESHOLD as u64)).contains(len);
+    let Some(len) = declared_length(headers).filter(small) else {
+        return Ready::Started(None);
+    };
+    match body.frame().now_or_never() {
+        Some(Some(Ok(frame))) => match frame.into_data() {
+            Ok(data) if data.len() as u64 == len => Ready::Whole(data),
+            Ok(data) => Ready::Started(Some(data)),
+            Err(_) => Ready::Started(None),
+        },
+        Some(Some(Err(e))) => Ready::Failed(e),
+        Some(None) | None => Ready::Started(None),
+    }
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+fn unreadable_body(error: &hyper::Error, soap12: bool) -> Response<Body> {
+    let reason = format!("could not read the request body: {error}");
+    fault_response(&fault::bad_request(None, soap12, &reason))
+}
+
+/// Reads the request body, after `first` (what [`ready_body`] took): 413
+/// past `max_body` (decided from `Content-Length` before reading anything
+/// when it is given), 408 when it does not arrive within `timeout`.
 async fn read_body(
     mut body: Incoming,
+    first: Option<Bytes>,
     headers: &HeaderMap,
     soap12: bool,
     max_body: u64,
     timeout: Duration,
 ) -> Result<RequestBody, Response<Body>> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if let Some(len) = declared.filter(|len| *len > max_body) {
+    if let Some(len) = declared_length(headers).filter(|len| *len > max_body) {
         if len <= DISCARD_LIMIT {
             Box::pin(discard(&mut body, timeout)).await;
         }
@@ -928,13 +973,10 @@ async fn read_body(
     }
     let read = async {
         // Most bodies arrive as one frame: kept as it is, not copied.
-        let mut first: Option<Bytes> = None;
+        let mut first = first;
         let mut buffer = bytes::BytesMut::new();
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| {
-                let reason = format!("could not read the request body: {e}");
-                fault_response(&fault::bad_request(None, soap12, &reason))
-            })?;
+            let frame = frame.map_err(|e| unreadable_body(&e, soap12))?;
             let Ok(data) = frame.into_data() else {
                 continue;
             };

@@ -67,6 +67,43 @@ async fn a_client_trickling_its_body_gets_408() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_body_sent_in_parts_is_read_whole() {
+    let upstream = Upstream::catalog().await;
+    let proxy = Soapcache::serve(&["--upstream", &upstream.url()]);
+    let addr = proxy.proxy;
+    let body = catalog_request("PARTS-1");
+    let head = format!(
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml; charset=utf-8\r\n\
+         SOAPAction: \"\"\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let (first, rest) = body.split_at(body.len() / 2);
+    let (first, rest) = (format!("{head}{first}"), rest.to_owned());
+    // The head with half the body, the rest a moment later: the first part
+    // is there at once, the whole body is not.
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut stream = raw_connect(addr);
+        stream.write_all(first.as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        stream.write_all(rest.as_bytes()).unwrap();
+        read_to_close(&mut stream)
+    })
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("PARTS-1"), "{answer}");
+    assert_eq!(
+        upstream.seen()[0].body,
+        body.as_bytes(),
+        "the service got the body whole"
+    );
+    // The same body sent at once selects the same key.
+    let http = Http::default();
+    assert_eq!(http.soap(&proxy.url("/"), &body).await.x_cache(), "HIT");
+    assert_eq!(upstream.count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn connections_past_the_bound_are_refused_with_503() {
     let upstream = Upstream::catalog().await;
     let proxy = Soapcache::serve(&["--upstream", &upstream.url(), "--max-connections", "2"]);
