@@ -171,6 +171,60 @@ async fn only_request_bodies_answered_from_the_cache_are_remembered() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_requester_that_leaves_before_its_answer_is_logged_as_abandoned() {
+    let upstream = Upstream::start(|seen| {
+        Reply::xml(200, catalog_response(&part_of(&seen.body), &in_one_hour()))
+            .after(Duration::from_secs(2))
+    })
+    .await;
+    let proxy = Soapcache::serve(&["--upstream", &upstream.url()]);
+    let body = catalog_request("GONE-1");
+    let request = format!(
+        "POST /catalog HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml; charset=utf-8\r\n\
+         SOAPAction: \"\"\r\nX-Request-Id: gone-42\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let addr = proxy.proxy;
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        // Gone before the slow service answered.
+    })
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let logs = proxy.logs();
+        if let Some(line) = logs.iter().find(|l| l.contains("abandoned")) {
+            assert!(line.contains("gone-42"), "{line}");
+            assert!(line.contains("499"), "{line}");
+            assert!(line.contains("/catalog"), "{line}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no abandoned line in {logs:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // An answered request is not logged as abandoned.
+    let http = Http::default();
+    let hit_or_miss = http
+        .soap(&proxy.url("/catalog"), &catalog_request("STAYS-1"))
+        .await;
+    assert_eq!(hit_or_miss.status, 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let abandoned = proxy
+        .logs()
+        .iter()
+        .filter(|l| l.contains("abandoned"))
+        .count();
+    assert_eq!(abandoned, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn upstream_errors_are_counted() {
     let upstream = Upstream::catalog().await;
     upstream.stop();
