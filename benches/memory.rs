@@ -22,14 +22,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use hyper::header::HeaderValue;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 
 mod common;
+// The integration tests' service and soapcache process, for the
+// whole-process variants.
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use support::{json, part_of, rss_bytes, Http, Reply, ScratchFile, Soapcache, Upstream};
 
 use soapcache::envelope::SoapVersion;
 use soapcache::store::{Entry, LookupKey, Scope, Store};
@@ -74,18 +75,7 @@ fn main() {
 }
 
 fn rss_kib() -> u64 {
-    rss_kib_of("self")
-}
-
-fn rss_kib_of(pid: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .expect("VmRSS in /proc/self/status")
+    rss_bytes(std::process::id()).expect("VmRSS in /proc/self/status") / 1024
 }
 
 fn measure(variant: &str) {
@@ -164,46 +154,51 @@ fn measure(variant: &str) {
 }
 
 /// The whole process: `soapcache serve --cache-size 1GiB` in front of a
-/// service in this process; `ENTRIES` distinct requests, each answer
-/// stored (checked on `/stats`); soapcache's RSS growth ÷ stored bodies.
+/// service, both from the integration tests' support; `ENTRIES` distinct
+/// requests, each answer stored (checked on `/stats`); soapcache's RSS
+/// growth ÷ stored bodies.
 fn measure_process(policy_key: bool) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .expect("runtime");
-    let service = runtime.block_on(start_service());
-    let scratch = std::env::temp_dir().join(format!("soapcache-memory-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch).expect("scratch directory");
-    let policy = scratch.join("catalog.toml");
-    std::fs::write(&policy, policy_text(policy_key)).expect("write the policy");
-    let mut soapcache = Command::new(env!("CARGO_BIN_EXE_soapcache"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-        .args(["--cache-size", "1GiB", "--upstream"])
-        .arg(format!("http://{service}/catalog"))
-        .arg("--policies")
-        .arg(&policy)
-        .env("RUST_LOG", "warn,soapcache=info")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start soapcache");
-    let (proxy, admin) = listening_addresses(soapcache.stderr.take().expect("stderr"));
-    let pid = soapcache.id().to_string();
+    let service = runtime.block_on(Upstream::start(|seen| {
+        Reply::xml(200, answer_of_1k(&part_of(&seen.body)))
+    }));
+    let policy = ScratchFile::new("memory", "catalog.toml", &policy_text(policy_key));
+    // Startup lines only: the access log would cost soapcache memory of its own.
+    let soapcache = Soapcache::serve_env(
+        &[
+            "--cache-size",
+            "1GiB",
+            "--upstream",
+            &service.url(),
+            "--policies",
+            policy.path_str(),
+        ],
+        &[("RUST_LOG", "info,soapcache::access=off")],
+    );
+    let rss = || rss_bytes(soapcache.pid()).expect("soapcache's VmRSS");
 
     // A warm-up (connections, buffers, the first allocator arenas), then
     // the measured requests, each with its own key.
     let warm_up = 2_000;
-    let stored_body = send_distinct(proxy, 0..warm_up);
-    let before = rss_kib_of(&pid);
+    let stored_body = send_distinct(soapcache.proxy, 0..warm_up);
+    let before = rss();
     let started = Instant::now();
-    send_distinct(proxy, warm_up..warm_up + ENTRIES);
+    send_distinct(soapcache.proxy, warm_up..warm_up + ENTRIES);
     let took = started.elapsed();
-    let after = rss_kib_of(&pid);
-    let stats = http_get(admin, "/stats");
+    let after = rss();
+    let stats = runtime.block_on(async {
+        json(
+            &Http::default()
+                .admin("GET", &soapcache.admin_url("/stats"))
+                .await,
+        )
+    });
     let stored = (ENTRIES * stored_body) as f64;
-    let growth = (after.saturating_sub(before)) as f64 * 1024.0;
+    let growth = after.saturating_sub(before) as f64;
     let variant = if policy_key {
         "process-direct"
     } else {
@@ -212,25 +207,21 @@ fn measure_process(policy_key: bool) {
     println!(
         "  {variant:<14} soapcache RSS {:.1} MiB → {:.1} MiB; growth {:.1} MiB for {:.1} MiB of \
          {stored_body}-byte bodies: {:.2} × stored bytes (target ≤ 1.5); {:.0} B overhead per entry; \
-         {:.0} requests/s; /stats: {}",
-        before as f64 / 1024.0,
-        after as f64 / 1024.0,
+         {:.0} requests/s; /stats: {stats}",
+        before as f64 / (1 << 20) as f64,
+        after as f64 / (1 << 20) as f64,
         growth / (1 << 20) as f64,
         stored / (1 << 20) as f64,
         growth / stored,
         (growth - stored) / ENTRIES as f64,
         ENTRIES as f64 / took.as_secs_f64(),
-        stats.split_whitespace().collect::<String>(),
     );
-    let entries = (warm_up + ENTRIES).to_string();
-    assert!(
-        stats.contains(&format!("\"entries\":{entries}"))
-            || stats.contains(&format!("\"entries\": {entries}")),
-        "soapcache did not keep every answer: {stats}"
+    assert_eq!(
+        stats["entries"],
+        (warm_up + ENTRIES) as u64,
+        "soapcache did not keep every answer"
     );
-    let _ = soapcache.kill();
-    let _ = soapcache.wait();
-    let _ = std::fs::remove_dir_all(&scratch);
+    drop(soapcache);
     drop(runtime);
 }
 
@@ -245,32 +236,6 @@ fn policy_text(policy_key: bool) -> String {
          [namespaces]\nc = \"http://example.org/2001/06/catalog\"\n\n\
          [[operation]]\nelement = \"c:CatalogPriceRequest\"\n{key}"
     )
-}
-
-/// The addresses soapcache logs when it starts listening.
-fn listening_addresses(stderr: std::process::ChildStderr) -> (SocketAddr, SocketAddr) {
-    use std::io::BufRead;
-    let (mut proxy, mut admin) = (None, None);
-    let mut lines = std::io::BufReader::new(stderr).lines();
-    let mut log = Vec::new();
-    while proxy.is_none() || admin.is_none() {
-        let Some(Ok(line)) = lines.next() else {
-            panic!("soapcache exited before it listened; its log: {log:#?}");
-        };
-        log.push(line.clone());
-        let address = |marker: &str| {
-            let rest = line.split(marker).nth(1)?;
-            let end = rest
-                .find(|c: char| c == '"' || c.is_whitespace())
-                .unwrap_or(rest.len());
-            rest[..end].parse::<SocketAddr>().ok()
-        };
-        proxy = proxy.or_else(|| address("proxy listening on "));
-        admin = admin.or_else(|| address("admin listening on "));
-    }
-    // Keep draining its log, so that soapcache never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    (proxy.expect("proxy address"), admin.expect("admin address"))
 }
 
 /// Sends one request per number in `parts` (PartNumber `P-nnnnnnnn`), on
@@ -315,45 +280,6 @@ fn send_distinct(proxy: SocketAddr, parts: std::ops::Range<usize>) -> usize {
             .collect()
     });
     lengths.into_iter().max().unwrap_or(0)
-}
-
-fn http_get(addr: SocketAddr, path: &str) -> String {
-    let mut stream = TcpStream::connect(addr).expect("connect to the admin API");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n");
-    let mut buffer = vec![0u8; 64 * 1024];
-    let (head, body) = common::exchange(&mut stream, request.as_bytes(), &mut buffer);
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    String::from_utf8_lossy(body).into_owned()
-}
-
-/// A catalog service: each answer is 1 KiB once soapcache has removed its
-/// `CacheControl` block, which names the request's PartNumber as the key.
-async fn start_service() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind the service");
-    let addr = listener.local_addr().expect("service address");
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let service = service_fn(|request: hyper::Request<Incoming>| async move {
-                    let body = request.into_body().collect().await?.to_bytes();
-                    let part = common::part_number(&body).unwrap_or_default();
-                    let mut response =
-                        hyper::Response::new(Full::new(Bytes::from(answer_of_1k(&part))));
-                    response.headers_mut().insert(
-                        hyper::header::CONTENT_TYPE,
-                        HeaderValue::from_static("text/xml; charset=utf-8"),
-                    );
-                    Ok::<_, hyper::Error>(response)
-                });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    addr
 }
 
 /// An answer whose body is exactly `BODY` bytes without its control block.
