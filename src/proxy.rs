@@ -350,7 +350,7 @@ async fn route_and_answer(
 
     let (mut parts, mut body) = request.into_parts();
     let limits = shared.settings.client_limits;
-    let read = match ready_body(&mut body, &parts.headers, shared.settings.max_body) {
+    let read = match ready_body(&mut body, shared.settings.max_body) {
         Ready::Whole(whole) => Ok(RequestBody::Whole(whole)),
         Ready::Failed(e) => Err(unreadable_body(&e, soap12_content)),
         // Boxed: its future would otherwise be half of the hit path's.
@@ -920,7 +920,7 @@ enum RequestBody {
 
 /// What of a request body is there to take at once.
 enum Ready {
-    /// All of it: one frame of the declared length.
+    /// All of it, in one frame.
     Whole(Bytes),
     /// Not all: what was taken (if anything), for [`read_body`] to go on.
     Started(Option<Bytes>),
@@ -928,17 +928,21 @@ enum Ready {
 }
 
 /// Most SOAP requests arrive whole with their head: the body is one frame,
-/// ready now, of the declared length. Taken here, it needs neither the
-/// boxed [`read_body`] (an allocation, and its state copied in, per
-/// request) nor a timer.
-fn ready_body(body: &mut Incoming, headers: &HeaderMap, max_body: u64) -> Ready {
-    let small = |len: &u64| (1..=max_body.min(STREAM_THRESHOLD as u64)).contains(len);
-    let Some(len) = declared_length(headers).filter(small) else {
+/// ready now, that completes the length hyper framed it with. Taken here,
+/// it needs neither the boxed [`read_body`] (an allocation, and its state
+/// copied in, per request) nor a timer. hyper's own framing decides what
+/// "whole" is (`Content-Length`, not chunked), not the header as sent.
+fn ready_body(body: &mut Incoming, max_body: u64) -> Ready {
+    let small = |len: u64| (1..=max_body.min(STREAM_THRESHOLD as u64)).contains(&len);
+    if !hyper::body::Body::size_hint(body)
+        .exact()
+        .is_some_and(small)
+    {
         return Ready::Started(None);
-    };
+    }
     match body.frame().now_or_never() {
         Some(Some(Ok(frame))) => match frame.into_data() {
-            Ok(data) if data.len() as u64 == len => Ready::Whole(data),
+            Ok(data) if hyper::body::Body::is_end_stream(body) => Ready::Whole(data),
             Ok(data) => Ready::Started(Some(data)),
             Err(_) => Ready::Started(None),
         },
