@@ -188,13 +188,13 @@ pub fn handle(
         seen,
         answered: false,
     };
-    let metrics = shared.clone();
+    let recorder = shared.clone();
     route_and_answer(shared, request, request_id, remote).map(
         move |(mut response, service, operation, outcome)| {
             answering.answered = true;
             let upstream = response.extensions().get::<UpstreamTime>().map(|t| t.0);
             if let Some(took) = upstream {
-                metrics.metrics.upstream_duration(took);
+                recorder.metrics.upstream_duration(took);
             }
             if let Some(seen) = &answering.seen {
                 tracing::info!(
