@@ -58,16 +58,23 @@ pub struct Entry {
     /// Shared by every entry with the same value (`Store::content_type`):
     /// a pointer here instead of a 40-byte value.
     pub content_type: Option<Arc<HeaderValue>>,
-    /// Times as milliseconds since the Unix epoch, and the `stale_if_error`
-    /// window in whole seconds: 20 bytes where three `SystemTime`s take 48.
-    /// With the shared `Content-Type`, the record fits a smaller allocation
-    /// class (`cargo bench --bench memory`).
+    /// When it was stored, in milliseconds since the Unix epoch.
     stored_at: u64,
-    expires_at: u64,
-    stale_secs: u32,
+    /// When it expires (Unix milliseconds, the high 42 bits: until 2109)
+    /// and its `stale_if_error` window (whole seconds, the low 22 bits: up
+    /// to 48 days), in one word. The record is then 56 bytes, and with its
+    /// `Arc` counts it fits the 80-byte allocation class instead of the
+    /// 96-byte one (`cargo bench --bench memory`).
+    expiry: u64,
 }
 
+const STALE_BITS: u32 = 22;
+const MAX_STALE_SECS: u64 = (1 << STALE_BITS) - 1;
+const MAX_EXPIRES_MILLIS: u64 = (1 << (64 - STALE_BITS)) - 1;
+
 impl Entry {
+    /// Times past what the record holds are shortened to it: an expiry
+    /// after 2109, a stale window longer than 48 days.
     pub fn new(
         body: Bytes,
         content_type: Option<Arc<HeaderValue>>,
@@ -75,17 +82,22 @@ impl Entry {
         expires_at: SystemTime,
         stale_if_error: Duration,
     ) -> Entry {
+        let expires = unix_millis(expires_at).min(MAX_EXPIRES_MILLIS);
+        let stale = stale_if_error.as_secs().min(MAX_STALE_SECS);
         Entry {
             body,
             content_type,
             stored_at: unix_millis(stored_at),
-            expires_at: unix_millis(expires_at),
-            stale_secs: u32::try_from(stale_if_error.as_secs()).unwrap_or(u32::MAX),
+            expiry: (expires << STALE_BITS) | stale,
         }
     }
 
+    fn expires_at_millis(&self) -> u64 {
+        self.expiry >> STALE_BITS
+    }
+
     pub fn is_fresh(&self, now: SystemTime) -> bool {
-        unix_millis(now) < self.expires_at
+        unix_millis(now) < self.expires_at_millis()
     }
 
     pub fn is_usable_stale(&self, now: SystemTime) -> bool {
@@ -95,8 +107,8 @@ impl Entry {
     /// When the entry may no longer answer even a failed request (Unix
     /// milliseconds).
     fn stale_until_millis(&self) -> u64 {
-        self.expires_at
-            .saturating_add(u64::from(self.stale_secs) * 1000)
+        let stale_secs = self.expiry & MAX_STALE_SECS;
+        self.expires_at_millis() + stale_secs * 1000
     }
 
     /// Whole seconds since the entry was stored, for the `Age` header.
@@ -640,6 +652,33 @@ mod tests {
         let stale = store.lookup(&key("s", "digest-b")).unwrap();
         assert!(!stale.is_fresh(now) && stale.is_usable_stale(now));
         assert_eq!(store.links.len(), 1, "dead links went too");
+    }
+
+    #[test]
+    fn an_entry_keeps_its_times_to_the_millisecond_and_shortens_extreme_ones() {
+        assert_eq!(std::mem::size_of::<Entry>(), 56);
+        let stored = UNIX_EPOCH + Duration::from_millis(1_764_000_000_123);
+        let expires = stored + Duration::from_millis(1_500);
+        let entry = Entry::new(Bytes::new(), None, stored, expires, Duration::from_secs(7));
+        let at = |ms: u64| stored + Duration::from_millis(ms);
+        assert!(entry.is_fresh(at(1_499)) && !entry.is_fresh(at(1_500)));
+        assert!(entry.is_usable_stale(at(8_499)) && !entry.is_usable_stale(at(8_500)));
+        assert_eq!((entry.age(at(999)), entry.age(at(1_000))), (0, 1));
+        // Year 3000, a year's stale window: kept to 2109 and 48 days.
+        let far = UNIX_EPOCH + Duration::from_secs(32_503_680_000);
+        let entry = Entry::new(
+            Bytes::new(),
+            None,
+            stored,
+            far,
+            Duration::from_secs(31_536_000),
+        );
+        assert!(entry.is_fresh(UNIX_EPOCH + Duration::from_secs(4_300_000_000)));
+        assert!(!entry.is_fresh(UNIX_EPOCH + Duration::from_secs(4_400_000_000)));
+        assert_eq!(
+            entry.stale_until_millis() - entry.expires_at_millis(),
+            MAX_STALE_SECS * 1000
+        );
     }
 
     #[test]
