@@ -113,7 +113,10 @@ impl Upstream {
                             c.fetch_add(1, Ordering::SeqCst);
                             let reply = r(&seen);
                             s.lock().unwrap().push(seen);
-                            tokio::time::sleep(reply.delay).await;
+                            // Even a zero sleep waits for the timer's next tick (~1 ms).
+                            if !reply.delay.is_zero() {
+                                tokio::time::sleep(reply.delay).await;
+                            }
                             b.lock().unwrap().push(reply.body.clone());
                             let mut response = Response::new(Full::new(reply.body));
                             *response.status_mut() = StatusCode::from_u16(reply.status).unwrap();
