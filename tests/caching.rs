@@ -397,11 +397,7 @@ async fn purging_a_key_makes_the_next_request_a_miss() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_identical_misses_send_one_request_upstream() {
-    let upstream = Upstream::start(|seen| {
-        Reply::xml(200, catalog_response(&part_of(&seen.body), &in_one_hour()))
-            .after(Duration::from_millis(400))
-    })
-    .await;
+    let upstream = Upstream::slow_catalog(Duration::from_millis(400)).await;
     let proxy = serve_in_front_of(&upstream);
     let http = Http::default();
     let url = proxy.url("/");

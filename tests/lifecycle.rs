@@ -60,11 +60,7 @@ async fn a_slow_upstream_gets_a_504_fault_after_the_timeout() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_lets_requests_in_flight_finish_then_exits_0() {
-    let upstream = Upstream::start(|seen| {
-        Reply::xml(200, catalog_response(&part_of(&seen.body), &in_one_hour()))
-            .after(Duration::from_millis(800))
-    })
-    .await;
+    let upstream = Upstream::slow_catalog(Duration::from_millis(800)).await;
     let mut proxy = Soapcache::serve(&["--upstream", &upstream.url()]);
     let http = Http::default();
     let tasks: Vec<_> = (0..5)

@@ -172,11 +172,7 @@ async fn only_request_bodies_answered_from_the_cache_are_remembered() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_requester_that_leaves_before_its_answer_is_logged_as_abandoned() {
-    let upstream = Upstream::start(|seen| {
-        Reply::xml(200, catalog_response(&part_of(&seen.body), &in_one_hour()))
-            .after(Duration::from_secs(2))
-    })
-    .await;
+    let upstream = Upstream::slow_catalog(Duration::from_secs(2)).await;
     let proxy = Soapcache::serve(&["--upstream", &upstream.url()]);
     let body = catalog_request("GONE-1");
     let request = format!(

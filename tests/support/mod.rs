@@ -147,8 +147,13 @@ impl Upstream {
     /// A catalog service that marks every price cacheable: CacheKey = the
     /// part number, Expires = one hour from now.
     pub async fn catalog() -> Upstream {
-        Upstream::start(|seen| {
-            Reply::xml(200, catalog_response(&part_of(&seen.body), &in_one_hour()))
+        Upstream::slow_catalog(Duration::ZERO).await
+    }
+
+    /// [`Upstream::catalog`], each answer sent after `delay`.
+    pub async fn slow_catalog(delay: Duration) -> Upstream {
+        Upstream::start(move |seen| {
+            Reply::xml(200, catalog_response(&part_of(&seen.body), &in_one_hour())).after(delay)
         })
         .await
     }
