@@ -101,28 +101,26 @@ fn main() {
     store.insert(
         &key_of(body),
         "ABC-1234",
-        Arc::new(Entry::new(
-            Bytes::from(vec![b'x'; 800]),
-            Some(Arc::new(HeaderValue::from_static(
-                "text/xml; charset=utf-8",
-            ))),
+        Entry::new(
+            &[&[b'x'; 800]],
+            Some(&HeaderValue::from_static("text/xml; charset=utf-8")),
             now,
             now + Duration::from_secs(86_400),
             Duration::ZERO,
-        )),
+        ),
     );
     for i in 0..1000 {
         let other = xml.replace("ABC-1234", &format!("XYZ-{i:04}"));
         store.insert(
             &key_of(other.as_bytes()),
             &format!("XYZ-{i:04}"),
-            Arc::new(Entry::new(
-                Bytes::from(vec![b'y'; 800]),
+            Entry::new(
+                &[&[b'y'; 800]],
                 None,
                 now,
                 now + Duration::from_secs(86_400),
                 Duration::ZERO,
-            )),
+            ),
         );
     }
     assert!(store.lookup(&key_of(body)).is_some());

@@ -9,8 +9,8 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
+use crate::body::{full, Body};
 use crate::proxy::Shared;
-use crate::upstream::{full, Body};
 
 /// The token, kept as a BLAKE3 digest: comparing digests is constant-time
 /// (blake3's `Hash` equality), so response timing does not leak the token.

@@ -21,7 +21,7 @@ pub enum Outcome {
     /// The leader is still fetching.
     Waiting,
     /// The answer was stored: serve this entry.
-    Stored(Arc<Entry>),
+    Stored(Entry),
     /// The answer may not be shared (a fault, no `CacheControl`, too big):
     /// each follower fetches its own.
     GiveUp,

@@ -224,15 +224,25 @@ pub fn splice(body: &Bytes, strip: &[Range<usize>]) -> Bytes {
     if strip.is_empty() {
         return body.clone();
     }
-    let removed: usize = strip.iter().map(|r| r.len()).sum();
-    let mut out = BytesMut::with_capacity(body.len().saturating_sub(removed));
+    let kept = kept(body, strip);
+    let mut out = BytesMut::with_capacity(kept.iter().map(|p| p.len()).sum());
+    for piece in kept {
+        out.extend_from_slice(piece);
+    }
+    out.freeze()
+}
+
+/// The pieces of the body around the given (sorted, disjoint) ranges: what
+/// [`splice`] joins, for a caller that copies them somewhere itself.
+pub fn kept<'a>(body: &'a [u8], strip: &[Range<usize>]) -> Vec<&'a [u8]> {
+    let mut pieces = Vec::with_capacity(strip.len() + 1);
     let mut at = 0;
     for range in strip {
-        out.extend_from_slice(&body[at..range.start]);
+        pieces.push(body.get(at..range.start).unwrap_or_default());
         at = range.end;
     }
-    out.extend_from_slice(&body[at..]);
-    out.freeze()
+    pieces.push(body.get(at..).unwrap_or_default());
+    pieces
 }
 
 #[cfg(test)]

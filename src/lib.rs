@@ -3,11 +3,13 @@
 //! Data flows one way through the modules:
 //! `listener` → `proxy` (routing via `policy`, `envelope`, key selection via
 //! `selector`/`canonical`, lookup in `store`, misses through `coalesce` and
-//! `upstream`, answers read by `control` and `lifetime`) → answer. `fault`
+//! `upstream`, answers read by `control` and `lifetime`) → answer. `body`
+//! carries bytes, stored entries and streams through; `fault`
 //! turns errors into SOAP faults; `admin` and `metrics` observe and steer;
 //! `server` starts and stops it all; `demo` shows it.
 
 pub mod admin;
+pub mod body;
 pub mod canonical;
 pub mod cli;
 pub mod clock;

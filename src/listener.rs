@@ -19,8 +19,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
+use crate::body::Body;
 use crate::shutdown::Shutdown;
-use crate::upstream::Body;
 
 /// How long in-flight requests get to finish once shutdown is triggered.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(30);

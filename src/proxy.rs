@@ -22,8 +22,9 @@ use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use smol_str::SmolStr;
 
+use crate::body::{self, Body};
 use crate::coalesce::{self, Coalescer, Role, Waited};
-use crate::control::{addressed_blocks_in_head, inspect_response, splice};
+use crate::control::{addressed_blocks_in_head, inspect_response, kept, splice};
 use crate::envelope::{
     multipart_root, parse_request, parse_request_head, OperationElement, RequestEnvelope,
     SoapVersion,
@@ -34,7 +35,7 @@ use crate::memo::{Known, Memo};
 use crate::metrics::{Metrics, Outcome};
 use crate::policy::{PolicySet, Rules, Service};
 use crate::store::{owned, Entry, LookupKey, Scope, Shortcut, Store};
-use crate::upstream::{self, Body, FetchedBody, Upstream, UpstreamError, UpstreamTime};
+use crate::upstream::{self, FetchedBody, Upstream, UpstreamError, UpstreamTime};
 use crate::{canonical, clock};
 
 /// Responses are read whole up to this size (or the operation's
@@ -726,7 +727,10 @@ fn answer_forwarded(fetched: upstream::Fetched, roles: &[String]) -> (Response<B
                 .as_ref()
                 .map_or_else(|| bytes.clone(), |i| splice(&bytes, &i.strip));
             let succeeded = fetched.parts.status.is_success() && info.is_some_and(|i| !i.is_fault);
-            (whole(fetched.parts, stripped, MARK.0, MARK.1), succeeded)
+            (
+                whole(fetched.parts, body::full(stripped), MARK.0, MARK.1),
+                succeeded,
+            )
         }
     }
 }
@@ -735,7 +739,7 @@ fn answer_forwarded(fetched: upstream::Fetched, roles: &[String]) -> (Response<B
 /// `RESPONSE_BUFFER` and the operation's `max_entry_size`.
 async fn fetch(x: &Exchange<'_>, rules: &Rules) -> Result<upstream::Fetched, UpstreamError> {
     let request = || {
-        let body = upstream::full(x.body.clone());
+        let body = body::full(x.body.clone());
         upstream::build_request(&x.parts, x.target.clone(), x.remote, body)
     };
     let limit = RESPONSE_BUFFER.max(usize::try_from(rules.max_entry_size).unwrap_or(usize::MAX));
@@ -771,7 +775,7 @@ async fn fetch_and_store(
     op: &OperationElement<'_>,
     rules: &Rules,
     lookup: &LookupKey,
-    stale: Option<Arc<Entry>>,
+    stale: Option<Entry>,
 ) -> ((Response<Body>, Outcome), coalesce::Outcome) {
     let fetched = match fetch(x, rules).await {
         Ok(fetched) => fetched,
@@ -810,9 +814,9 @@ async fn fetch_and_store(
             return (answer, coalesce::Outcome::GiveUp);
         }
     }
-    let stripped = info
-        .as_ref()
-        .map_or_else(|| bytes.clone(), |i| splice(&bytes, &i.strip));
+    let strip = info.as_ref().map_or(&[][..], |i| &i.strip[..]);
+    let kept = kept(&bytes, strip);
+    let kept_len: usize = kept.iter().map(|piece| piece.len()).sum();
 
     // SPEC §4: what may be stored, and under which CacheKey until when.
     let now = clock::now();
@@ -824,7 +828,7 @@ async fn fetch_and_store(
         && info.as_ref().is_some_and(|i| !i.is_fault)
         && (control.is_some() || rules.ttl.is_some() || rules.expires_daily_at.is_some())
         && !response_forbids_storing(&parts.headers)
-        && stripped.len() as u64 <= rules.max_entry_size;
+        && kept_len as u64 <= rules.max_entry_size;
     let expires_at = storable
         .then(|| {
             lifetime::expires_at(
@@ -839,7 +843,8 @@ async fn fetch_and_store(
         .filter(|at| *at > now);
 
     let Some(expires_at) = expires_at else {
-        let response = whole(parts, stripped, "MISS", "soapcache; fwd=miss");
+        let stripped = splice(&bytes, strip);
+        let response = whole(parts, body::full(stripped), "MISS", "soapcache; fwd=miss");
         return ((response, Outcome::Miss), coalesce::Outcome::GiveUp);
     };
     let cache_key = control
@@ -847,23 +852,27 @@ async fn fetch_and_store(
         .filter(|k| !k.is_empty())
         .unwrap_or(&lookup.selector)
         .to_owned();
-    let entry = Arc::new(Entry::new(
-        stripped.clone(),
-        parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .map(|v| x.shared.store.content_type(v)),
+    // The entry is made from the pieces directly, and the answer sent from
+    // it: no stripped copy in between.
+    let entry = Entry::new(
+        &kept,
+        parts.headers.get(header::CONTENT_TYPE),
         now,
         expires_at,
         rules.stale_if_error,
-    ));
+    );
     x.shared.store.insert(lookup, &cache_key, entry.clone());
     tracing::debug!(service = %x.service_name, operation = %op.name, cache_key = %cache_key, "stored");
-    let response = whole(parts, stripped, "MISS", "soapcache; fwd=miss; stored");
+    let response = whole(
+        parts,
+        body::stored(entry.clone()),
+        "MISS",
+        "soapcache; fwd=miss; stored",
+    );
     ((response, Outcome::Miss), coalesce::Outcome::Stored(entry))
 }
 
-fn serve_stale(stale: Option<&Arc<Entry>>) -> Option<(Response<Body>, Outcome)> {
+fn serve_stale(stale: Option<&Entry>) -> Option<(Response<Body>, Outcome)> {
     let now = clock::now();
     let entry = stale.filter(|e| e.is_usable_stale(now))?;
     Some((
@@ -887,11 +896,11 @@ async fn pass_through(
     soap12_content: bool,
 ) -> (Response<Body>, Outcome) {
     let (parts, body) = request.into_parts();
-    let outgoing = upstream::build_request(&parts, target, remote, upstream::stream(body));
+    let outgoing = upstream::build_request(&parts, target, remote, body::stream(body));
     match shared.upstream.send_streaming(outgoing).await {
         Ok(response) => {
             let (parts, body) = response.into_parts();
-            let mut response = Response::new(upstream::stream(body));
+            let mut response = Response::new(body::stream(body));
             *response.status_mut() = parts.status;
             *response.extensions_mut() = parts.extensions;
             *response.headers_mut() = upstream::response_headers(&parts.headers);
@@ -1114,7 +1123,7 @@ async fn forward_uncached(
         _ => &*DEFAULT_RULES,
     };
     let (body, exceeded) = match rest {
-        None => (upstream::full(head), Default::default()),
+        None => (body::full(head), Default::default()),
         Some(rest) => upstream::head_then(head, rest, Some(shared.settings.max_body)),
     };
     let outgoing = upstream::build_request(parts, target, remote, body);
@@ -1195,10 +1204,10 @@ fn cached_response(
     x_cache: &'static str,
     cache_status: &'static str,
 ) -> Response<Body> {
-    let mut response = Response::new(upstream::full(entry.body.clone()));
+    let mut response = Response::new(body::stored(entry.clone()));
     let headers = response.headers_mut();
-    if let Some(content_type) = &entry.content_type {
-        headers.insert(header::CONTENT_TYPE, HeaderValue::clone(content_type));
+    if let Some(content_type) = entry.content_type() {
+        headers.insert(header::CONTENT_TYPE, content_type);
     }
     mark(headers, x_cache, cache_status);
     headers.insert(header::AGE, age_value(entry.age(now)));
@@ -1224,11 +1233,11 @@ fn age_value(seconds: u64) -> HeaderValue {
 /// An upstream answer read whole (and possibly stripped).
 fn whole(
     parts: hyper::http::response::Parts,
-    body: Bytes,
+    body: Body,
     x_cache: &'static str,
     cache_status: &'static str,
 ) -> Response<Body> {
-    let mut response = Response::new(upstream::full(body));
+    let mut response = Response::new(body);
     *response.status_mut() = parts.status;
     *response.extensions_mut() = parts.extensions;
     let mut headers = upstream::response_headers(&parts.headers);
@@ -1265,7 +1274,7 @@ fn streamed(
 }
 
 pub fn fault_response(fault: &Fault) -> Response<Body> {
-    let mut response = Response::new(upstream::full(fault.body.clone()));
+    let mut response = Response::new(body::full(fault.body.clone()));
     *response.status_mut() = fault.status;
     response
         .headers_mut()

@@ -5,7 +5,7 @@
 //! lock of ours is held on the hit path.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -50,50 +50,146 @@ pub struct EntryKey {
     pub cache_key: SmolStr,
 }
 
-/// A stored answer: the response body already stripped of its
-/// `CacheControl` block, ready to be sent as it is.
-#[derive(Debug)]
-pub struct Entry {
-    pub body: Bytes,
-    /// Shared by every entry with the same value (`Store::content_type`):
-    /// a pointer here instead of a 40-byte value.
-    pub content_type: Option<Arc<HeaderValue>>,
-    /// When it was stored, in milliseconds since the Unix epoch.
-    stored_at: u64,
-    /// When it expires (Unix milliseconds, the high 42 bits: until 2109)
-    /// and its `stale_if_error` window (whole seconds, the low 22 bits: up
-    /// to 48 days), in one word. The record is then 56 bytes, and with its
-    /// `Arc` counts it fits the 80-byte allocation class instead of the
-    /// 96-byte one (`cargo bench --bench memory`).
-    expiry: u64,
-}
+/// A stored answer: a small head (when it was stored, when it expires, its
+/// `Content-Type`) and the response body already stripped of its
+/// `CacheControl` block, ready to be sent as it is — in one allocation.
+///
+/// A record plus a `Bytes` body took three (the record, the body, and the
+/// count `Bytes` allocates on its first clone): about 70 B more per entry,
+/// a seventh of a 1 KiB entry's overhead (`cargo bench --bench memory`).
+/// The body is sent from here as a [`crate::body::Chunk`], without a copy.
+#[derive(Debug, Clone)]
+pub struct Entry(Arc<[u8]>);
 
+// The head, little-endian: stored at (Unix milliseconds), the expiry word,
+// then a content-type tag.
+const STORED_AT: usize = 0;
+const EXPIRY: usize = 8;
+const TAG: usize = 16;
+const HEAD: usize = 17;
+/// Tag: no `Content-Type`.
+const NO_CONTENT_TYPE: u8 = 0;
+/// Tag: the value follows the tag, after its length (u64).
+const INLINE_CONTENT_TYPE: u8 = u8::MAX;
+// Any other tag `t` names `CONTENT_TYPES[t - 1]`.
+
+/// The expiry word: expiry time (Unix milliseconds, the high 42 bits:
+/// until 2109) and `stale_if_error` window (whole seconds, the low 22 bits:
+/// up to 48 days).
 const STALE_BITS: u32 = 22;
 const MAX_STALE_SECS: u64 = (1 << STALE_BITS) - 1;
 const MAX_EXPIRES_MILLIS: u64 = (1 << (64 - STALE_BITS)) - 1;
 
+/// `Content-Type` values entries have in common, each kept once for the
+/// life of the process: an entry holds a one-byte tag instead of the value,
+/// and a hit copies a static value (no count to bump, no allocation).
+/// Bounded, so leaking them is too; other values are held in the entry.
+static CONTENT_TYPES: [OnceLock<HeaderValue>; 32] = [const { OnceLock::new() }; 32];
+
+/// Only short values without a multipart boundary (one per message) are
+/// worth a slot.
+fn content_type_tag(value: &HeaderValue) -> Option<u8> {
+    let bytes = value.as_bytes();
+    let boundary = bytes
+        .windows(9)
+        .any(|w| w.eq_ignore_ascii_case(b"boundary="));
+    if bytes.len() > 256 || boundary {
+        return None;
+    }
+    let leaked = || {
+        let bytes: &'static [u8] = Box::leak(Box::from(bytes));
+        HeaderValue::from_maybe_shared(Bytes::from_static(bytes)).unwrap_or_else(|_| owned(value))
+    };
+    CONTENT_TYPES
+        .iter()
+        .position(|slot| slot.get_or_init(leaked) == value)
+        .and_then(|i| u8::try_from(i + 1).ok())
+}
+
 impl Entry {
-    /// Times past what the record holds are shortened to it: an expiry
-    /// after 2109, a stale window longer than 48 days.
+    /// Times past what the head holds are shortened to it: an expiry after
+    /// 2109, a stale window longer than 48 days.
     pub fn new(
-        body: Bytes,
-        content_type: Option<Arc<HeaderValue>>,
+        body: &[&[u8]],
+        content_type: Option<&HeaderValue>,
         stored_at: SystemTime,
         expires_at: SystemTime,
         stale_if_error: Duration,
     ) -> Entry {
         let expires = unix_millis(expires_at).min(MAX_EXPIRES_MILLIS);
         let stale = stale_if_error.as_secs().min(MAX_STALE_SECS);
-        Entry {
-            body,
-            content_type,
-            stored_at: unix_millis(stored_at),
-            expiry: (expires << STALE_BITS) | stale,
+        let (tag, inline) = match content_type.map(|v| (content_type_tag(v), v.as_bytes())) {
+            None => (NO_CONTENT_TYPE, &[][..]),
+            Some((Some(tag), _)) => (tag, &[][..]),
+            Some((None, value)) => (INLINE_CONTENT_TYPE, value),
+        };
+        let mut head = [0u8; HEAD];
+        head[STORED_AT..EXPIRY].copy_from_slice(&unix_millis(stored_at).to_le_bytes());
+        head[EXPIRY..TAG].copy_from_slice(&((expires << STALE_BITS) | stale).to_le_bytes());
+        head[TAG] = tag;
+        let inline_len = (inline.len() as u64).to_le_bytes();
+        let inline_len: &[u8] = if inline.is_empty() { &[] } else { &inline_len };
+        let pieces = [&head[..], inline_len, inline]
+            .into_iter()
+            .chain(body.iter().copied());
+        let len = pieces.clone().map(<[u8]>::len).sum();
+        // Allocated once at its final size and filled in place: no
+        // temporary buffer, no second copy.
+        let mut bytes: Arc<[u8]> = std::iter::repeat_n(0, len).collect();
+        if let Some(out) = Arc::get_mut(&mut bytes) {
+            let mut at = 0;
+            for piece in pieces {
+                out[at..at + piece.len()].copy_from_slice(piece);
+                at += piece.len();
+            }
+        }
+        Entry(bytes)
+    }
+
+    /// The response body, as it is sent.
+    pub fn body(&self) -> &[u8] {
+        self.0.get(self.body_start()..).unwrap_or_default()
+    }
+
+    /// The service's `Content-Type`, if it sent one.
+    pub fn content_type(&self) -> Option<HeaderValue> {
+        match self.tag() {
+            NO_CONTENT_TYPE => None,
+            INLINE_CONTENT_TYPE => {
+                let value = self.0.get(HEAD + 8..self.body_start())?;
+                HeaderValue::from_bytes(value).ok()
+            }
+            tag => CONTENT_TYPES.get(usize::from(tag) - 1)?.get().cloned(),
         }
     }
 
+    fn tag(&self) -> u8 {
+        self.0.get(TAG).copied().unwrap_or(NO_CONTENT_TYPE)
+    }
+
+    fn body_start(&self) -> usize {
+        if self.tag() != INLINE_CONTENT_TYPE {
+            return HEAD;
+        }
+        let len = usize::try_from(self.word(HEAD)).unwrap_or(usize::MAX);
+        HEAD.saturating_add(8).saturating_add(len)
+    }
+
+    /// The little-endian word at `at` in the head.
+    fn word(&self, at: usize) -> u64 {
+        let mut word = [0u8; 8];
+        if let Some(bytes) = self.0.get(at..at + 8) {
+            word.copy_from_slice(bytes);
+        }
+        u64::from_le_bytes(word)
+    }
+
+    fn stored_at_millis(&self) -> u64 {
+        self.word(STORED_AT)
+    }
+
     fn expires_at_millis(&self) -> u64 {
-        self.expiry >> STALE_BITS
+        self.word(EXPIRY) >> STALE_BITS
     }
 
     pub fn is_fresh(&self, now: SystemTime) -> bool {
@@ -107,19 +203,19 @@ impl Entry {
     /// When the entry may no longer answer even a failed request (Unix
     /// milliseconds).
     fn stale_until_millis(&self) -> u64 {
-        let stale_secs = self.expiry & MAX_STALE_SECS;
+        let stale_secs = self.word(EXPIRY) & MAX_STALE_SECS;
         self.expires_at_millis() + stale_secs * 1000
     }
 
     /// Whole seconds since the entry was stored, for the `Age` header.
     pub fn age(&self, now: SystemTime) -> u64 {
-        unix_millis(now).saturating_sub(self.stored_at) / 1000
+        unix_millis(now).saturating_sub(self.stored_at_millis()) / 1000
     }
 
     fn weight(&self, key: &EntryKey) -> u32 {
-        // Body, headers and key, plus a fixed allowance for the structs.
-        let bytes = self.body.len()
-            + self.content_type.as_ref().map_or(0, |v| v.len())
+        // Head and body (shared content types are not counted), the key,
+        // plus a fixed allowance for the structs.
+        let bytes = self.0.len()
             + key.cache_key.len()
             + key.scope.service.len()
             + key.scope.operation.len()
@@ -184,7 +280,7 @@ pub struct Shortcut(Mutex<Resolved>);
 #[derive(Debug, Default)]
 struct Resolved {
     generation: u64,
-    entry: Weak<Entry>,
+    entry: Option<Weak<[u8]>>,
     uses: u32,
 }
 
@@ -199,7 +295,7 @@ pub type Hasher = foldhash::fast::RandomState;
 
 #[derive(Clone)]
 pub struct Store {
-    entries: Cache<EntryKey, Arc<Entry>, Hasher>,
+    entries: Cache<EntryKey, Entry, Hasher>,
     /// Links are a quick_cache: a moka record costs ~300 B besides its key
     /// and value, which for a link is most of its cost; a quick_cache slot
     /// costs little more than the key and value (`cargo bench --bench
@@ -207,23 +303,15 @@ pub struct Store {
     /// shortcut taken through it still leads to a valid entry.
     links: Arc<quick_cache::sync::Cache<LookupKey, Link, LinkWeight, Hasher>>,
     counters: Arc<StoreCounters>,
-    shared: Arc<Mutex<SharedParts>>,
+    /// Scopes (with their operation names) kept once, shared by the
+    /// entries of an operation: each entry would otherwise cost its own
+    /// allocations (well over 100 B).
+    scopes: Arc<Mutex<std::collections::HashSet<Arc<Scope>, Hasher>>>,
 }
 
-/// Parts most entries have in common, kept once: an operation's scope
-/// (with its operation name) and the service's `Content-Type`. Each would
-/// otherwise cost every entry its own allocations (well over 100 B).
-#[derive(Default)]
-struct SharedParts {
-    scopes: std::collections::HashSet<Arc<Scope>, Hasher>,
-    content_types: Vec<Arc<HeaderValue>>,
-}
-
-/// Bounds on `SharedParts`: values past them are simply not shared. Only
-/// scopes without vary values are shared (those with them may be one per
-/// user).
+/// Scopes past this many are simply not shared, nor are scopes with vary
+/// values (those may be one per user).
 const SHARED_SCOPES: usize = 4096;
-const SHARED_CONTENT_TYPES: usize = 16;
 
 impl Store {
     /// `max_bytes` bounds the entries (body + headers + key, by weight);
@@ -233,7 +321,7 @@ impl Store {
         let evictions = counters.clone();
         let entries = Cache::builder()
             .max_capacity(max_bytes)
-            .weigher(|key: &EntryKey, entry: &Arc<Entry>| entry.weight(key))
+            .weigher(|key: &EntryKey, entry: &Entry| entry.weight(key))
             .eviction_listener(move |_, _, cause| {
                 if cause == RemovalCause::Size {
                     evictions.evictions.fetch_add(1, Ordering::Relaxed);
@@ -253,7 +341,7 @@ impl Store {
             entries,
             links: Arc::new(links),
             counters,
-            shared: Arc::default(),
+            scopes: Arc::default(),
         }
     }
 
@@ -261,7 +349,7 @@ impl Store {
     /// directly under its selector value (a policy key naming the
     /// `CacheKey`). May be expired: the caller decides what it may serve.
     /// An entry or link past its stale window is removed on the way.
-    pub fn lookup(&self, key: &LookupKey) -> Option<Arc<Entry>> {
+    pub fn lookup(&self, key: &LookupKey) -> Option<Entry> {
         let now = unix_millis(crate::clock::now());
         if let Some(link) = self.links.get(key) {
             if link.until <= now {
@@ -283,7 +371,7 @@ impl Store {
         self.live_entry(&entry_key, now)
     }
 
-    fn live_entry(&self, key: &EntryKey, now: u64) -> Option<Arc<Entry>> {
+    fn live_entry(&self, key: &EntryKey, now: u64) -> Option<Entry> {
         let entry = self.entries.get(key)?;
         if entry.stale_until_millis() <= now {
             self.entries.invalidate(key);
@@ -293,14 +381,14 @@ impl Store {
     }
 
     /// [`Store::lookup`], through `shortcut` when it is still valid.
-    pub fn lookup_via(&self, key: &LookupKey, shortcut: &Shortcut) -> Option<Arc<Entry>> {
+    pub fn lookup_via(&self, key: &LookupKey, shortcut: &Shortcut) -> Option<Entry> {
         let generation = self.counters.generation.load(Ordering::Acquire);
         // Never waits: a shortcut in use elsewhere is simply not taken.
         if let Ok(mut resolved) = shortcut.0.try_lock() {
             if resolved.generation == generation && resolved.uses < SHORTCUT_USES {
-                if let Some(entry) = resolved.entry.upgrade() {
+                if let Some(entry) = resolved.entry.as_ref().and_then(Weak::upgrade) {
                     resolved.uses += 1;
-                    return Some(entry);
+                    return Some(Entry(entry));
                 }
             }
         }
@@ -310,7 +398,7 @@ impl Store {
             // makes this shortcut stale at once.
             *resolved = Resolved {
                 generation,
-                entry: found.as_ref().map_or_else(Weak::new, Arc::downgrade),
+                entry: found.as_ref().map(|e| Arc::downgrade(&e.0)),
                 uses: 0,
             };
         }
@@ -319,7 +407,7 @@ impl Store {
 
     /// Stores an entry under `cache_key` and, when the request's selector
     /// value differs, remembers that the request leads to it.
-    pub fn insert(&self, lookup: &LookupKey, cache_key: &str, entry: Arc<Entry>) {
+    pub fn insert(&self, lookup: &LookupKey, cache_key: &str, entry: Entry) {
         let cache_key = SmolStr::new(cache_key);
         let scope = self.shared_scope(&lookup.scope);
         if lookup.selector != *cache_key {
@@ -347,33 +435,16 @@ impl Store {
         if !scope.vary.is_empty() {
             return scope.clone();
         }
-        let Ok(mut shared) = self.shared.lock() else {
+        let Ok(mut scopes) = self.scopes.lock() else {
             return scope.clone();
         };
-        if let Some(known) = shared.scopes.get(scope) {
+        if let Some(known) = scopes.get(scope) {
             return known.clone();
         }
-        if shared.scopes.len() < SHARED_SCOPES {
-            shared.scopes.insert(scope.clone());
+        if scopes.len() < SHARED_SCOPES {
+            scopes.insert(scope.clone());
         }
         scope.clone()
-    }
-
-    /// A `Content-Type` value for a new entry: the one shared copy of it
-    /// when another entry has the same, else its own copy (never a slice of
-    /// the connection's read buffer, which it would keep alive).
-    pub fn content_type(&self, value: &HeaderValue) -> Arc<HeaderValue> {
-        let Ok(mut shared) = self.shared.lock() else {
-            return Arc::new(owned(value));
-        };
-        if let Some(known) = shared.content_types.iter().find(|v| ***v == value) {
-            return known.clone();
-        }
-        let value = Arc::new(owned(value));
-        if shared.content_types.len() < SHARED_CONTENT_TYPES {
-            shared.content_types.push(value.clone());
-        }
-        value
     }
 
     /// Removes entries stored under `cache_key`, optionally only those of
@@ -501,15 +572,15 @@ mod tests {
         }
     }
 
-    fn entry(body: &'static [u8], ttl: u64) -> Arc<Entry> {
+    fn entry(body: &[u8], ttl: u64) -> Entry {
         let now = SystemTime::now();
-        Arc::new(Entry::new(
-            Bytes::from_static(body),
+        Entry::new(
+            &[body],
             None,
             now,
             now + Duration::from_secs(ttl),
             Duration::ZERO,
-        ))
+        )
     }
 
     #[test]
@@ -519,8 +590,8 @@ mod tests {
         let b = key("s", "digest-b");
         store.insert(&a, "ABC", entry(b"answer", 60));
         store.insert(&b, "ABC", entry(b"answer", 60));
-        assert_eq!(store.lookup(&a).unwrap().body, "answer");
-        assert_eq!(store.lookup(&b).unwrap().body, "answer");
+        assert_eq!(store.lookup(&a).unwrap().body(), b"answer");
+        assert_eq!(store.lookup(&b).unwrap().body(), b"answer");
         // A policy key that selects the CacheKey itself needs no link.
         let direct = key("s", "ABC");
         assert!(store.lookup(&direct).is_some());
@@ -556,18 +627,18 @@ mod tests {
         let shortcut = Shortcut::default();
         assert!(store.lookup_via(&key, &shortcut).is_none());
         store.insert(&key, "ABC", entry(b"first", 60));
-        assert_eq!(store.lookup_via(&key, &shortcut).unwrap().body, "first");
+        assert_eq!(store.lookup_via(&key, &shortcut).unwrap().body(), b"first");
         for _ in 0..2 * SHORTCUT_USES {
-            assert_eq!(store.lookup_via(&key, &shortcut).unwrap().body, "first");
+            assert_eq!(store.lookup_via(&key, &shortcut).unwrap().body(), b"first");
         }
         // A refreshed entry is seen at once ...
         store.insert(&key, "ABC", entry(b"second", 60));
-        assert_eq!(store.lookup_via(&key, &shortcut).unwrap().body, "second");
+        assert_eq!(store.lookup_via(&key, &shortcut).unwrap().body(), b"second");
         // ... and a purged or flushed one is gone at once.
         assert_eq!(store.purge("ABC", None, None), 1);
         assert!(store.lookup_via(&key, &shortcut).is_none());
         store.insert(&key, "ABC", entry(b"third", 60));
-        assert_eq!(store.lookup_via(&key, &shortcut).unwrap().body, "third");
+        assert_eq!(store.lookup_via(&key, &shortcut).unwrap().body(), b"third");
         store.flush();
         assert!(store.lookup_via(&key, &shortcut).is_none());
     }
@@ -579,7 +650,7 @@ mod tests {
         let shortcut = Shortcut::default();
         store.insert(&key, "ABC", entry(b"answer", 60));
         let found = store.lookup_via(&key, &shortcut).unwrap();
-        let weak = Arc::downgrade(&found);
+        let weak = Arc::downgrade(&found.0);
         drop(found);
         store.flush();
         // moka frees a removed value once its epoch-based reclamation
@@ -592,12 +663,8 @@ mod tests {
     }
 
     #[test]
-    fn entries_of_one_operation_share_their_scope_and_content_type() {
+    fn entries_of_one_operation_share_their_scope() {
         let store = Store::new(1 << 20);
-        let value = HeaderValue::from_static("text/xml; charset=utf-8");
-        let (a, b) = (store.content_type(&value), store.content_type(&value));
-        assert_eq!(*a, value);
-        assert!(Arc::ptr_eq(&a, &b));
         // Each request builds a scope of its own; the store keeps one.
         for i in 0..3 {
             let key = key("s", &format!("digest-{i}"));
@@ -616,7 +683,7 @@ mod tests {
         };
         store.insert(&key, "K9", entry(b"x", 60));
         assert!(store.lookup(&key).is_some());
-        assert_eq!(store.shared.lock().unwrap().scopes.len(), 1);
+        assert_eq!(store.scopes.lock().unwrap().len(), 1);
     }
 
     #[test]
@@ -624,13 +691,13 @@ mod tests {
         let store = Store::new(1 << 20);
         let now = SystemTime::now();
         let expired = |stale_secs| {
-            Arc::new(Entry::new(
-                Bytes::from_static(b"old"),
+            Entry::new(
+                &[b"old"],
                 None,
                 now - Duration::from_secs(20),
                 now - Duration::from_secs(10),
                 Duration::from_secs(stale_secs),
-            ))
+            )
         };
         let (linked, direct) = (key("s", "digest-a"), key("s", "C"));
         store.insert(&linked, "A", expired(5));
@@ -656,29 +723,58 @@ mod tests {
 
     #[test]
     fn an_entry_keeps_its_times_to_the_millisecond_and_shortens_extreme_ones() {
-        assert_eq!(std::mem::size_of::<Entry>(), 56);
         let stored = UNIX_EPOCH + Duration::from_millis(1_764_000_000_123);
         let expires = stored + Duration::from_millis(1_500);
-        let entry = Entry::new(Bytes::new(), None, stored, expires, Duration::from_secs(7));
+        let entry = Entry::new(&[], None, stored, expires, Duration::from_secs(7));
         let at = |ms: u64| stored + Duration::from_millis(ms);
         assert!(entry.is_fresh(at(1_499)) && !entry.is_fresh(at(1_500)));
         assert!(entry.is_usable_stale(at(8_499)) && !entry.is_usable_stale(at(8_500)));
         assert_eq!((entry.age(at(999)), entry.age(at(1_000))), (0, 1));
         // Year 3000, a year's stale window: kept to 2109 and 48 days.
         let far = UNIX_EPOCH + Duration::from_secs(32_503_680_000);
-        let entry = Entry::new(
-            Bytes::new(),
-            None,
-            stored,
-            far,
-            Duration::from_secs(31_536_000),
-        );
+        let entry = Entry::new(&[], None, stored, far, Duration::from_secs(31_536_000));
         assert!(entry.is_fresh(UNIX_EPOCH + Duration::from_secs(4_300_000_000)));
         assert!(!entry.is_fresh(UNIX_EPOCH + Duration::from_secs(4_400_000_000)));
         assert_eq!(
             entry.stale_until_millis() - entry.expires_at_millis(),
             MAX_STALE_SECS * 1000
         );
+    }
+
+    #[test]
+    fn an_entry_is_its_body_after_a_small_head_in_one_allocation() {
+        let now = SystemTime::now();
+        let later = now + Duration::from_secs(60);
+        let body = b"<soap:Envelope/>";
+        let plain = Entry::new(&[body], None, now, later, Duration::ZERO);
+        assert_eq!((plain.body(), plain.content_type()), (&body[..], None));
+        assert_eq!(plain.0.len(), HEAD + body.len());
+
+        // A common content type is a one-byte tag, shared by every entry.
+        let xml = HeaderValue::from_static("text/xml; charset=utf-8");
+        let tagged = Entry::new(&[body], Some(&xml), now, later, Duration::ZERO);
+        assert_eq!(tagged.body(), body);
+        assert_eq!(tagged.content_type(), Some(xml.clone()));
+        assert_eq!(tagged.0.len(), HEAD + body.len());
+        let again = Entry::new(&[], Some(&xml), now, later, Duration::ZERO);
+        assert_eq!(again.tag(), tagged.tag());
+
+        // A multipart boundary is one per message: held in the entry.
+        let multipart = HeaderValue::from_static(
+            "multipart/related; type=\"application/xop+xml\"; boundary=\"uuid:1\"",
+        );
+        let inline = Entry::new(&[body], Some(&multipart), now, later, Duration::ZERO);
+        assert_eq!(inline.tag(), INLINE_CONTENT_TYPE);
+        assert_eq!(inline.content_type(), Some(multipart.clone()));
+        assert_eq!(inline.body(), body);
+        assert_eq!(inline.0.len(), HEAD + 8 + multipart.len() + body.len());
+        // The head survives an empty body, and the body any bytes.
+        let empty = Entry::new(&[], Some(&multipart), now, later, Duration::ZERO);
+        assert_eq!(
+            (empty.body(), empty.content_type()),
+            (&b""[..], Some(multipart))
+        );
+        assert!(empty.is_fresh(now) && !empty.is_fresh(later));
     }
 
     #[test]

@@ -8,8 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Either, Full};
+use http_body_util::{BodyExt, Either};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::request::Parts;
@@ -19,17 +18,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// The body type on both sides of the proxy: whole `Bytes` or a stream.
-pub type Body = Either<Full<Bytes>, BoxBody<Bytes, BoxError>>;
-
-pub fn full(bytes: Bytes) -> Body {
-    Either::Left(Full::new(bytes))
-}
-
-pub fn stream(body: Incoming) -> Body {
-    Either::Right(body.map_err(BoxError::from).boxed())
-}
+use crate::body::{Body, BoxError, Chunk};
 
 /// `Via` value soapcache adds.
 const VIA: &str = "1.1 soapcache";
@@ -211,7 +200,10 @@ pub fn head_then(head: Bytes, rest: Incoming, limit: Option<u64>) -> (Body, Arc<
     let exceeded = Arc::new(AtomicBool::new(false));
     let flag = exceeded.clone();
     let mut total = head.len() as u64;
-    let head_frame = stream::once(async move { Ok::<_, BoxError>(hyper::body::Frame::data(head)) });
+    let head_frame =
+        stream::once(
+            async move { Ok::<_, BoxError>(hyper::body::Frame::data(Chunk::Bytes(head))) },
+        );
     let rest_frames = http_body_util::BodyStream::new(rest).map(move |frame| {
         let frame = frame.map_err(BoxError::from)?;
         if let Some(data) = frame.data_ref() {
@@ -221,7 +213,7 @@ pub fn head_then(head: Bytes, rest: Incoming, limit: Option<u64>) -> (Body, Arc<
                 return Err(BoxError::from("the request body is larger than --max-body"));
             }
         }
-        Ok(frame)
+        Ok(frame.map_data(Chunk::Bytes))
     });
     let body = http_body_util::StreamBody::new(head_frame.chain(rest_frames));
     (Either::Right(BodyExt::boxed(body)), exceeded)
@@ -398,7 +390,7 @@ mod tests {
             &parts,
             uri("http://h/x"),
             "127.0.0.1:5000".parse().unwrap(),
-            full(Bytes::new()),
+            crate::body::full(Bytes::new()),
         );
         let h = out.headers();
         assert!(
