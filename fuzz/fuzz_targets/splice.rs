@@ -6,7 +6,8 @@
 //!    strip ranges are sorted, disjoint, in bounds and each is one element
 //!    (`<…>`); the spliced body is the input minus exactly those ranges,
 //!    is still a SOAP envelope of the same version and fault-ness, and has
-//!    no addressed CacheControl left; the lifetime parsers accept whatever
+//!    no addressed CacheControl left; an entry stored from the kept pieces
+//!    holds the same bytes; the lifetime parsers accept whatever
 //!    the block says without panicking;
 //! 2. as the choices of a generated response (fuzz/src/response.rs): the
 //!    same checks, plus the exact expected answer: version, fault, the
@@ -20,8 +21,9 @@ use std::time::{Duration, SystemTime};
 use arbitrary::Unstructured;
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use soapcache::control::{inspect_response, splice, ResponseEnvelope};
+use soapcache::control::{inspect_response, kept, splice, ResponseEnvelope};
 use soapcache::lifetime::{expires_at, parse_date_time, parse_max_age};
+use soapcache::store::Entry;
 use soapcache_fuzz::response::response;
 use soapcache_fuzz::xml::Choices;
 
@@ -52,6 +54,19 @@ fn check(body: &[u8], roles: &[String], info: &ResponseEnvelope) {
     assert!(
         out[..] == expected[..],
         "splice did not remove exactly the strip ranges"
+    );
+    // A stored answer is built from the kept pieces, not from `splice`.
+    let stored_at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let entry = Entry::new(
+        &kept(body, &info.strip),
+        None,
+        stored_at,
+        stored_at + Duration::from_secs(60),
+        Duration::ZERO,
+    );
+    assert!(
+        entry.body() == &expected[..],
+        "the stored body differs from the spliced one"
     );
     let again = inspect_response(&out, roles).unwrap_or_else(|| {
         panic!(
