@@ -49,6 +49,43 @@ async fn a_repeat_request_is_answered_from_the_cache() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn each_hit_carries_the_content_type_its_service_sent() {
+    // Short values are kept once per process and long ones in the entry:
+    // both must come back exactly as sent.
+    let long = format!("text/xml; charset=utf-8; x-trace=\"{}\"", "t".repeat(300));
+    let content_types = [
+        "text/xml;charset=UTF-8".to_owned(),
+        long,
+        "application/xml".to_owned(),
+    ];
+    let types = content_types.clone();
+    let upstream = Upstream::start(move |seen| {
+        let part = part_of(&seen.body);
+        let n: usize = part.trim_start_matches("T-").parse().unwrap_or(0);
+        Reply {
+            status: 200,
+            headers: vec![("content-type".into(), types[n % types.len()].clone())],
+            body: catalog_response(&part, &in_one_hour()).into(),
+            delay: Duration::ZERO,
+        }
+    })
+    .await;
+    let proxy = serve_in_front_of(&upstream);
+    let http = Http::default();
+    for (n, content_type) in content_types.iter().enumerate() {
+        let request = catalog_request(&format!("T-{n}"));
+        let first = http.soap(&proxy.url("/catalog"), &request).await;
+        let second = http.soap(&proxy.url("/catalog"), &request).await;
+        assert_eq!((first.x_cache(), second.x_cache()), ("MISS", "HIT"));
+        assert_eq!(first.header("content-type"), Some(content_type.as_str()));
+        assert_eq!(second.header("content-type"), Some(content_type.as_str()));
+        assert_eq!(second.body, first.body);
+        assert!(second.text().contains(&format!("T-{n}")));
+    }
+    assert_eq!(upstream.count(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_cache_control_block_is_stripped_and_every_other_byte_kept() {
     let upstream = Upstream::catalog().await;
     let proxy = serve_in_front_of(&upstream);
