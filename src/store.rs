@@ -118,23 +118,31 @@ impl Entry {
     ) -> Entry {
         let expires = unix_millis(expires_at).min(MAX_EXPIRES_MILLIS);
         let stale = stale_if_error.as_secs().min(MAX_STALE_SECS);
-        let (tag, inline) = match content_type.map(|v| (content_type_tag(v), v.as_bytes())) {
-            None => (NO_CONTENT_TYPE, &[][..]),
-            Some((Some(tag), _)) => (tag, &[][..]),
-            Some((None, value)) => (INLINE_CONTENT_TYPE, value),
-        };
         let mut head = [0u8; HEAD];
         head[STORED_AT..EXPIRY].copy_from_slice(&unix_millis(stored_at).to_le_bytes());
         head[EXPIRY..TAG].copy_from_slice(&((expires << STALE_BITS) | stale).to_le_bytes());
-        head[TAG] = tag;
-        let inline_len = (inline.len() as u64).to_le_bytes();
-        let inline_len: &[u8] = if inline.is_empty() { &[] } else { &inline_len };
-        let pieces = [&head[..], inline_len, inline]
-            .into_iter()
+        match content_type.map(|v| (content_type_tag(v), v)) {
+            None => Entry::build(head, &[], body),
+            Some((Some(tag), _)) => {
+                head[TAG] = tag;
+                Entry::build(head, &[], body)
+            }
+            Some((None, value)) => {
+                head[TAG] = INLINE_CONTENT_TYPE;
+                let value = value.as_bytes();
+                let len = (value.len() as u64).to_le_bytes();
+                Entry::build(head, &[&len, value], body)
+            }
+        }
+    }
+
+    /// The head, what follows it, then the body, allocated once at its
+    /// final size and filled in place: no temporary buffer, no second copy.
+    fn build(head: [u8; HEAD], after_head: &[&[u8]], body: &[&[u8]]) -> Entry {
+        let pieces = std::iter::once(&head[..])
+            .chain(after_head.iter().copied())
             .chain(body.iter().copied());
         let len = pieces.clone().map(<[u8]>::len).sum();
-        // Allocated once at its final size and filled in place: no
-        // temporary buffer, no second copy.
         let mut bytes: Arc<[u8]> = std::iter::repeat_n(0, len).collect();
         if let Some(out) = Arc::get_mut(&mut bytes) {
             let mut at = 0;
@@ -806,6 +814,13 @@ mod tests {
         assert_eq!(inline.content_type(), Some(multipart.clone()));
         assert_eq!(inline.body(), body);
         assert_eq!(inline.0.len(), HEAD + 8 + multipart.len() + body.len());
+        // An empty value held in the entry (when every slot is taken).
+        let mut head = [0u8; HEAD];
+        head[TAG] = INLINE_CONTENT_TYPE;
+        let empty_value = Entry::build(head, &[&0u64.to_le_bytes(), b""], &[body]);
+        let empty_header = HeaderValue::from_static("");
+        assert_eq!(empty_value.content_type(), Some(empty_header));
+        assert_eq!(empty_value.body(), body);
         // The head survives an empty body, and the body any bytes.
         let empty = Entry::new(&[], Some(&multipart), now, later, Duration::ZERO);
         assert_eq!(
