@@ -984,8 +984,8 @@ async fn read_body(
     timeout: Duration,
 ) -> Result<RequestBody, Response<Body>> {
     if let Some(len) = declared_length(headers).filter(|len| *len > max_body) {
-        if len <= DISCARD_LIMIT {
-            Box::pin(discard(&mut body, timeout)).await;
+        if len <= body::DISCARD_LIMIT {
+            Box::pin(body::discard(&mut body, timeout)).await;
         }
         return Err(too_large(soap12, max_body));
     }
@@ -1009,7 +1009,7 @@ async fn read_body(
             }
             let read = first.as_ref().map_or(buffer.len(), Bytes::len);
             if read as u64 > max_body {
-                Box::pin(discard(&mut body, timeout)).await;
+                Box::pin(body::discard(&mut body, timeout)).await;
                 return Err(too_large(soap12, max_body));
             }
             if read > STREAM_THRESHOLD {
@@ -1038,26 +1038,6 @@ async fn read_body(
             Err(fault_response(&fault))
         }
     }
-}
-
-/// A refused body up to this size is read and dropped before the 413 goes
-/// out: answering while the requester is still sending makes the closing
-/// connection reset, and the requester may never see the 413.
-const DISCARD_LIMIT: u64 = 64 << 20;
-
-/// Reads and drops what remains of a body, at most `DISCARD_LIMIT` bytes
-/// and `timeout`; nothing is kept.
-async fn discard(body: &mut Incoming, timeout: Duration) {
-    let drain = async {
-        let mut seen = 0u64;
-        while let Some(Ok(frame)) = body.frame().await {
-            seen += frame.data_ref().map_or(0, |d| d.len() as u64);
-            if seen > DISCARD_LIMIT {
-                break;
-            }
-        }
-    };
-    let _ = tokio::time::timeout(timeout, drain).await;
 }
 
 fn too_large(soap12: bool, max_body: u64) -> Response<Body> {
@@ -1103,7 +1083,7 @@ async fn forward_uncached(
                 // Drain what is still coming, or the requester, still
                 // sending, may see a reset instead of the fault.
                 if let Some(mut rest) = rest {
-                    discard(&mut rest, shared.settings.client_limits.timeout).await;
+                    body::discard(&mut rest, shared.settings.client_limits.timeout).await;
                 }
                 let reason = format!("not an acceptable SOAP message: {e}");
                 let fault = fault::bad_request(e.version, soap12_content, &reason);
@@ -1124,7 +1104,13 @@ async fn forward_uncached(
     };
     let (body, exceeded) = match rest {
         None => (body::full(head), Default::default()),
-        Some(rest) => upstream::head_then(head, rest, Some(shared.settings.max_body)),
+        Some(rest) => {
+            let limit = body::Limit {
+                max: shared.settings.max_body,
+                linger: shared.settings.client_limits.timeout,
+            };
+            body::head_then(head, rest, Some(limit))
+        }
     };
     let outgoing = upstream::build_request(parts, target, remote, body);
     let limit = RESPONSE_BUFFER.max(usize::try_from(rules.max_entry_size).unwrap_or(usize::MAX));
@@ -1259,7 +1245,7 @@ fn streamed(
     cache_status: &'static str,
 ) -> Response<Body> {
     let cut = addressed_blocks_in_head(&head, roles);
-    let (body, _) = upstream::head_then(splice(&head, &cut), rest, None);
+    let (body, _) = body::head_then(splice(&head, &cut), rest, None);
     let mut response = Response::new(body);
     *response.status_mut() = parts.status;
     *response.extensions_mut() = parts.extensions;

@@ -3,12 +3,10 @@
 //! `--upstream-timeout` enforced over the whole exchange.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http_body_util::{BodyExt, Either};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::request::Parts;
@@ -18,7 +16,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::body::{Body, BoxError, Chunk};
+use crate::body::Body;
 
 /// `Via` value soapcache adds.
 const VIA: &str = "1.1 soapcache";
@@ -190,33 +188,6 @@ fn exact(buffer: BytesMut) -> Bytes {
     } else {
         buffer.freeze()
     }
-}
-
-/// A body of `head` followed by the rest of `rest` as it arrives. With a
-/// `limit`, the whole may not exceed it: past it the stream ends in an
-/// error and `exceeded` is set, so the caller can answer 413.
-pub fn head_then(head: Bytes, rest: Incoming, limit: Option<u64>) -> (Body, Arc<AtomicBool>) {
-    use futures_util::stream::{self, StreamExt};
-    let exceeded = Arc::new(AtomicBool::new(false));
-    let flag = exceeded.clone();
-    let mut total = head.len() as u64;
-    let head_frame =
-        stream::once(
-            async move { Ok::<_, BoxError>(hyper::body::Frame::data(Chunk::Bytes(head))) },
-        );
-    let rest_frames = http_body_util::BodyStream::new(rest).map(move |frame| {
-        let frame = frame.map_err(BoxError::from)?;
-        if let Some(data) = frame.data_ref() {
-            total += data.len() as u64;
-            if limit.is_some_and(|limit| total > limit) {
-                flag.store(true, Ordering::Relaxed);
-                return Err(BoxError::from("the request body is larger than --max-body"));
-            }
-        }
-        Ok(frame.map_data(Chunk::Bytes))
-    });
-    let body = http_body_util::StreamBody::new(head_frame.chain(rest_frames));
-    (Either::Right(BodyExt::boxed(body)), exceeded)
 }
 
 /// The whole `source()` chain in one line: hyper's top-level messages alone
