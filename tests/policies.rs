@@ -857,14 +857,16 @@ async fn a_successful_write_purges_the_targeted_entry_of_its_key_and_no_other() 
         "another part is untouched"
     );
     assert_eq!(upstream.count(), 4);
-    assert!(
-        proxy
-            .logs()
-            .iter()
-            .any(|l| l.contains("invalidated by UpdatePriceRequest") && l.contains("purged=1")),
-        "{:#?}",
-        proxy.logs()
-    );
+    // Log lines reach the test through a pipe, not always at once.
+    let logged = eventually(Duration::from_secs(5), || {
+        let logs = proxy.logs();
+        async move {
+            logs.iter()
+                .any(|l| l.contains("invalidated by UpdatePriceRequest") && l.contains("purged=1"))
+        }
+    })
+    .await;
+    assert!(logged, "{:#?}", proxy.logs());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1230,7 +1232,12 @@ async fn sighup_reloads_the_policies_too() {
     })
     .await;
     assert!(swapped, "SIGHUP did not reload: {:#?}", proxy.logs());
-    assert!(proxy.logs().iter().any(|l| l.contains("policies reloaded")));
+    let logged = eventually(Duration::from_secs(5), || {
+        let logs = proxy.logs();
+        async move { logs.iter().any(|l| l.contains("policies reloaded")) }
+    })
+    .await;
+    assert!(logged, "{:#?}", proxy.logs());
 
     // A broken file on SIGHUP: logged, and the running set stays.
     dir.write("policy.toml", "[service]\nname = \"quotes\"\n");
