@@ -1,6 +1,8 @@
-//! The request path, top to bottom in [`handle`]: route → read body →
-//! envelope → cacheability → key → lookup → (hit | coalesced miss →
-//! upstream → inspect/strip/store) → answer.
+//! The request path, top to bottom in [`handle`]. A repeat of a body seen
+//! before is answered at once ([`first_look`]: body → memo → lookup →
+//! hit). Everything else goes on asynchronously ([`answer_later`]): route
+//! → read body → envelope → cacheability → key → lookup → (hit |
+//! coalesced miss → upstream → inspect/strip/store) → answer.
 //!
 //! Everything here is plain data flowing one way; the XML work is done by
 //! the pure modules (`envelope`, `selector`, `canonical`, `control`,
@@ -161,10 +163,11 @@ struct Exchange<'a> {
 
 /// Answers one request. Never fails: every error becomes an HTTP answer.
 ///
-/// A `map` over [`route_and_answer`], not an `async fn`: hyper moves this
-/// future once per request, and as a generator of its own it was 3176
-/// bytes, holding the 1200-byte inner future as well as the values moved
-/// into it.
+/// A repeat is answered on the future's first poll, without waiting on
+/// anything ([`first_look`]). Everything else goes down the boxed async
+/// path ([`answer_later`]). hyper moves the future it is given into its
+/// connection state: with both paths inline it was 1464 bytes, and a hit
+/// paid for moving it and for the generator's machinery.
 pub fn handle(
     shared: Arc<Shared>,
     request: Request<Incoming>,
@@ -184,42 +187,27 @@ pub fn handle(
         method: request.method().clone(),
         uri: request.uri().clone(),
     });
-    let mut answering = Answering {
-        request_id: request_id.clone(),
+    let answering = Answering {
+        request_id,
         seen,
         answered: false,
     };
-    let recorder = shared.clone();
-    route_and_answer(shared, request, request_id, remote).map(
-        move |(mut response, service, operation, outcome)| {
-            answering.answered = true;
-            let upstream = response.extensions().get::<UpstreamTime>().map(|t| t.0);
-            if let Some(took) = upstream {
-                recorder.metrics.upstream_duration(took);
+    // hyper calls this before it has read the body: the first look waits
+    // for the future's first poll, when a body sent with its head is there.
+    async move {
+        let answer = match first_look(&shared, request) {
+            FirstLook::Answered(answer) => answer,
+            FirstLook::Later(later) => {
+                let request_id = answering.request_id.clone();
+                Box::pin(answer_later(&shared, later, request_id.as_ref(), remote)).await
             }
-            if let Some(seen) = &answering.seen {
-                tracing::info!(
-                    target: "soapcache::access",
-                    request_id = answering.request_id.as_ref().and_then(|id| id.to_str().ok()),
-                    method = %seen.method,
-                    path = seen.uri.path(),
-                    %service,
-                    operation = operation.as_deref().unwrap_or("-"),
-                    result = outcome.label(),
-                    status = response.status().as_u16(),
-                    upstream_micros = upstream.map(|t| t.as_micros() as u64),
-                    total_micros = seen.started.elapsed().as_micros() as u64,
-                    bytes = hyper::body::Body::size_hint(response.body()).exact(),
-                    "request"
-                );
-            }
-            if let Some(id) = answering.request_id.take() {
-                response.headers_mut().insert(X_REQUEST_ID, id);
-            }
-            Ok(response)
-        },
-    )
+        };
+        Ok(answering.finish(&shared, answer))
+    }
 }
+
+/// A request's answer, and what its access log line and metrics say of it.
+type Answer = (Response<Body>, Arc<str>, Option<Arc<str>>, Outcome);
 
 /// What the access log line says of a request, taken before the request
 /// is consumed.
@@ -253,6 +241,38 @@ impl Drop for Answering {
             total_micros = seen.started.elapsed().as_micros() as u64,
             "request abandoned by the requester"
         );
+    }
+}
+
+impl Answering {
+    /// Records and logs an answer, and hands the response out.
+    fn finish(mut self, shared: &Shared, answer: Answer) -> Response<Body> {
+        let (mut response, service, operation, outcome) = answer;
+        self.answered = true;
+        let upstream = response.extensions().get::<UpstreamTime>().map(|t| t.0);
+        if let Some(took) = upstream {
+            shared.metrics.upstream_duration(took);
+        }
+        if let Some(seen) = &self.seen {
+            tracing::info!(
+                target: "soapcache::access",
+                request_id = self.request_id.as_ref().and_then(|id| id.to_str().ok()),
+                method = %seen.method,
+                path = seen.uri.path(),
+                %service,
+                operation = operation.as_deref().unwrap_or("-"),
+                result = outcome.label(),
+                status = response.status().as_u16(),
+                upstream_micros = upstream.map(|t| t.as_micros() as u64),
+                total_micros = seen.started.elapsed().as_micros() as u64,
+                bytes = hyper::body::Body::size_hint(response.body()).exact(),
+                "request"
+            );
+        }
+        if let Some(id) = self.request_id.take() {
+            response.headers_mut().insert(X_REQUEST_ID, id);
+        }
+        response
     }
 }
 
@@ -291,19 +311,79 @@ fn pass_request_id(headers: &mut HeaderMap, request_id: Option<&HeaderValue>) {
     }
 }
 
-async fn route_and_answer(
-    shared: Arc<Shared>,
-    mut request: Request<Incoming>,
-    request_id: Option<HeaderValue>,
-    remote: SocketAddr,
-) -> (Response<Body>, Arc<str>, Option<Arc<str>>, Outcome) {
-    let shared = &*shared;
-    let request_id = request_id.as_ref();
+/// What can be decided about a request without waiting for anything.
+enum FirstLook {
+    /// A repeat answered from the cache: the hot path, start to end.
+    Answered(Answer),
+    /// Anything else, with what has been taken of its body.
+    Later(Later),
+}
+
+/// A request for [`answer_later`].
+struct Later {
+    parts: Parts,
+    body: Incoming,
+    /// What [`ready_body`] took of a POST's body; `Started(None)` when
+    /// nothing was taken.
+    taken: Ready,
+}
+
+/// The hot path: a POST whose body came whole with its head, a repeat the
+/// memo knows, answered from a fresh entry. Everything else is handed on.
+fn first_look(shared: &Shared, request: Request<Incoming>) -> FirstLook {
+    let (parts, mut body) = request.into_parts();
+    if parts.method != Method::POST {
+        let taken = Ready::Started(None);
+        return FirstLook::Later(Later { parts, body, taken });
+    }
+    let taken = ready_body(&mut body, shared.settings.max_body);
+    let whole = match &taken {
+        Ready::Whole(whole) if !is_multipart(&parts.headers) => whole,
+        _ => return FirstLook::Later(Later { parts, body, taken }),
+    };
     let policies = shared.policies.load();
-    let service = policies.route(request.uri().path()).map(|s| &**s);
+    let service = policies.route(parts.uri.path()).map(|s| &**s);
+    let service_name = service.map_or(&*DEFAULT_SERVICE, |s| &s.name);
+    if let Some(answer) = answer_repeat(shared, service, service_name, &parts.headers, whole) {
+        return FirstLook::Answered(answer);
+    }
+    FirstLook::Later(Later { parts, body, taken })
+}
+
+/// A byte-for-byte repeat of a request seen before, answered from the
+/// cache: no XML pass needed.
+fn answer_repeat(
+    shared: &Shared,
+    service: Option<&Service>,
+    service_name: &Arc<str>,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Option<Answer> {
+    let known = shared.memo.recall(service_name, body)?;
+    let response = memo_hit(shared, service, service_name, headers, &known)?;
+    known.hits.count();
+    let operation = Some(known.local_name.clone());
+    Some((response, service_name.clone(), operation, Outcome::Hit))
+}
+
+/// Every request [`first_look`] did not answer: routed, its body read,
+/// then passed through, forwarded, or parsed and answered by its policy.
+async fn answer_later(
+    shared: &Shared,
+    later: Later,
+    request_id: Option<&HeaderValue>,
+    remote: SocketAddr,
+) -> Answer {
+    let Later {
+        mut parts,
+        body,
+        taken,
+    } = later;
+    let policies = shared.policies.load();
+    let service = policies.route(parts.uri.path()).map(|s| &**s);
     let service_name: Arc<str> =
         service.map_or_else(|| DEFAULT_SERVICE.clone(), |s| s.name.clone());
-    let soap12_content = is_soap12_content(request.headers());
+    let soap12_content = is_soap12_content(&parts.headers);
     let finish = |response, outcome| {
         shared.metrics.record(&service_name, None, false, outcome);
         (response, service_name.clone(), None, outcome)
@@ -313,7 +393,7 @@ async fn route_and_answer(
         .and_then(|s| s.upstream.as_ref())
         .or(shared.settings.default_upstream.as_ref());
     let route = service.map_or("/", |s| s.route.as_str());
-    // Where the request goes if it goes upstream; a hit never needs it.
+    // Where the request goes if it goes upstream.
     let target_of = |uri: &Uri| {
         upstream
             .ok_or_else(|| format!("no upstream is configured for {}", uri.path()))
@@ -330,40 +410,34 @@ async fn route_and_answer(
     };
 
     // Non-POST requests (GET ?wsdl, ...) stream through untouched.
-    if request.method() != Method::POST {
-        let target = match target_of(request.uri()) {
+    if parts.method != Method::POST {
+        let target = match target_of(&parts.uri) {
             Ok(target) => target,
             Err(reason) => return finish(bad_gateway(reason), Outcome::Error),
         };
-        pass_request_id(request.headers_mut(), request_id);
-        // Boxed, as every path that goes upstream: the hit path's future
-        // stays small (it is moved several times per request).
-        let (response, outcome) = Box::pin(pass_through(
-            shared,
-            request,
-            target,
-            remote,
-            soap12_content,
-        ))
-        .await;
+        pass_request_id(&mut parts.headers, request_id);
+        let request = Request::from_parts(parts, body);
+        let (response, outcome) =
+            pass_through(shared, request, target, remote, soap12_content).await;
         return finish(response, outcome);
     }
 
-    let (mut parts, mut body) = request.into_parts();
     let limits = shared.settings.client_limits;
-    let read = match ready_body(&mut body, shared.settings.max_body) {
+    // A whole body came through `first_look`, which asked the memo.
+    let asked_memo = matches!(taken, Ready::Whole(_)) && !is_multipart(&parts.headers);
+    let read = match taken {
         Ready::Whole(whole) => Ok(RequestBody::Whole(whole)),
         Ready::Failed(e) => Err(unreadable_body(&e, soap12_content)),
-        // Boxed: its future would otherwise be half of the hit path's.
         Ready::Started(first) => {
-            Box::pin(read_body(
+            let max_body = shared.settings.max_body;
+            read_body(
                 body,
                 first,
                 &parts.headers,
                 soap12_content,
-                shared.settings.max_body,
+                max_body,
                 limits.timeout,
-            ))
+            )
             .await
         }
     };
@@ -375,7 +449,7 @@ async fn route_and_answer(
                 Err(reason) => return finish(bad_gateway(reason), Outcome::Error),
             };
             pass_request_id(&mut parts.headers, request_id);
-            let (response, operation, outcome) = Box::pin(forward_uncached(
+            let (response, operation, outcome) = forward_uncached(
                 shared,
                 service,
                 &parts,
@@ -383,7 +457,7 @@ async fn route_and_answer(
                 target,
                 remote,
                 soap12_content,
-            ))
+            )
             .await;
             shared
                 .metrics
@@ -392,12 +466,9 @@ async fn route_and_answer(
         }
         Err(response) => return finish(response, Outcome::Error),
     };
-    // A byte-for-byte repeat of a request seen before: no XML pass needed.
-    if let Some(known) = shared.memo.recall(&service_name, &body) {
-        if let Some(response) = memo_hit(shared, service, &service_name, &parts.headers, &known) {
-            known.hits.count();
-            let operation = Some(known.local_name.clone());
-            return (response, service_name, operation, Outcome::Hit);
+    if !asked_memo {
+        if let Some(answer) = answer_repeat(shared, service, &service_name, &parts.headers, &body) {
+            return answer;
         }
     }
     pass_request_id(&mut parts.headers, request_id);
@@ -405,48 +476,43 @@ async fn route_and_answer(
         Ok(target) => target,
         Err(reason) => return finish(bad_gateway(reason), Outcome::Error),
     };
-    // A new body: the full path, boxed so that the hit path's future
-    // stays small (it is moved several times per request).
-    Box::pin(async {
-        let envelope = match parse_request(&body) {
-            Ok(envelope) => envelope,
-            Err(e) => {
-                let fault = fault::bad_request(
-                    e.version,
-                    soap12_content,
-                    &format!("not an acceptable SOAP message: {e}"),
-                );
-                return finish(fault_response(&fault), Outcome::Error);
-            }
-        };
+    let envelope = match parse_request(&body) {
+        Ok(envelope) => envelope,
+        Err(e) => {
+            let fault = fault::bad_request(
+                e.version,
+                soap12_content,
+                &format!("not an acceptable SOAP message: {e}"),
+            );
+            return finish(fault_response(&fault), Outcome::Error);
+        }
+    };
 
-        let operation = envelope
-            .operation
-            .as_ref()
-            .map(|op| Arc::from(op.name.local.as_str()));
-        let declared = envelope
-            .operation
-            .as_ref()
-            .is_some_and(|op| service.is_some_and(|s| s.operation(&op.name).is_some()));
-        let exchange = Exchange {
-            shared,
-            service,
-            service_name: service_name.clone(),
-            parts,
-            body: body.clone(),
-            target,
-            remote,
-            version: envelope.version,
-            operation: operation.clone(),
-            declared,
-        };
-        let (response, outcome) = answer_soap(&exchange, &envelope).await;
-        shared
-            .metrics
-            .record(&service_name, operation.as_deref(), declared, outcome);
-        (response, service_name.clone(), operation, outcome)
-    })
-    .await
+    let operation = envelope
+        .operation
+        .as_ref()
+        .map(|op| Arc::from(op.name.local.as_str()));
+    let declared = envelope
+        .operation
+        .as_ref()
+        .is_some_and(|op| service.is_some_and(|s| s.operation(&op.name).is_some()));
+    let exchange = Exchange {
+        shared,
+        service,
+        service_name: service_name.clone(),
+        parts,
+        body: body.clone(),
+        target,
+        remote,
+        version: envelope.version,
+        operation: operation.clone(),
+        declared,
+    };
+    let (response, outcome) = answer_soap(&exchange, &envelope).await;
+    shared
+        .metrics
+        .record(&service_name, operation.as_deref(), declared, outcome);
+    (response, service_name.clone(), operation, outcome)
 }
 
 /// The cache decision for a well-formed SOAP request.
@@ -938,9 +1004,9 @@ enum Ready {
 
 /// Most SOAP requests arrive whole with their head: the body is one frame,
 /// ready now, that completes the length hyper framed it with. Taken here,
-/// it needs neither the boxed [`read_body`] (an allocation, and its state
-/// copied in, per request) nor a timer. hyper's own framing decides what
-/// "whole" is (`Content-Length`, not chunked), not the header as sent.
+/// a repeat is answered without waiting on anything (no [`read_body`],
+/// no timer). hyper's own framing decides what "whole" is
+/// (`Content-Length`, not chunked), not the header as sent.
 fn ready_body(body: &mut Incoming, max_body: u64) -> Ready {
     let small = |len: u64| (1..=max_body.min(STREAM_THRESHOLD as u64)).contains(&len);
     if !hyper::body::Body::size_hint(body)

@@ -48,6 +48,75 @@ async fn a_repeat_request_is_answered_from_the_cache() {
     assert_eq!(upstream.count(), 2);
 }
 
+/// Sends `body` to `addr` as a POST in the given pieces, each after a
+/// pause, over a raw connection, and returns the answer's head.
+fn post_in_pieces(addr: std::net::SocketAddr, head: &str, pieces: &[&[u8]]) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    for piece in pieces {
+        std::thread::sleep(Duration::from_millis(50));
+        stream.write_all(piece).unwrap();
+    }
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buffer).unwrap();
+        assert!(n > 0, "closed before an answer");
+        answer.extend_from_slice(&buffer[..n]);
+    }
+    String::from_utf8_lossy(&answer).to_lowercase()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repeat_whose_body_arrives_in_pieces_or_chunked_is_a_hit_too() {
+    // A body that came whole with its head is answered on the first look;
+    // one that trickles in, or comes chunked, is read first and must find
+    // the same entry.
+    let upstream = Upstream::catalog().await;
+    let proxy = serve_in_front_of(&upstream);
+    let http = Http::default();
+    let request = catalog_request("ABC-1234");
+    let first = http.soap(&proxy.url("/catalog"), &request).await;
+    let second = http.soap(&proxy.url("/catalog"), &request).await;
+    assert_eq!((first.x_cache(), second.x_cache()), ("MISS", "HIT"));
+
+    let addr = proxy.proxy;
+    let (in_pieces, chunked) = tokio::task::spawn_blocking(move || {
+        let body = request.as_bytes();
+        let (front, back) = body.split_at(body.len() / 2);
+        let head = format!(
+            "POST /catalog HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml; charset=utf-8\r\n\
+             SOAPAction: \"\"\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        // The head with half the body, then the rest.
+        let in_pieces = post_in_pieces(addr, &(head + &String::from_utf8_lossy(front)), &[back]);
+        let head = "POST /catalog HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml; charset=utf-8\r\n\
+                    SOAPAction: \"\"\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let chunk =
+            |part: &[u8]| [format!("{:x}\r\n", part.len()).as_bytes(), part, b"\r\n"].concat();
+        let (a, b) = (chunk(front), [chunk(back), b"0\r\n\r\n".to_vec()].concat());
+        let chunked = post_in_pieces(addr, head, &[&a, &b]);
+        (in_pieces, chunked)
+    })
+    .await
+    .unwrap();
+    for answer in [&in_pieces, &chunked] {
+        assert!(answer.starts_with("http/1.1 200"), "{answer}");
+        assert!(answer.contains("x-cache: hit"), "{answer}");
+    }
+    assert_eq!(
+        upstream.count(),
+        1,
+        "the repeats must not reach the service"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn each_hit_carries_the_content_type_its_service_sent() {
     // Short values are kept once per process and long ones in the entry:
