@@ -364,6 +364,7 @@ fn run() -> Result<(), String> {
         }
         all.push(measure_round(&settings)?);
     }
+    let paired = paired_hit_ratios(&all, connections);
     let rows = merge(all);
 
     println!();
@@ -372,6 +373,14 @@ fn run() -> Result<(), String> {
     println!();
     println!("{}", table(&rows, connections));
     println!("{}", verdicts(&rows, connections));
+    if paired.len() > 1 {
+        let list: Vec<String> = paired.iter().map(|r| format!("{r:.2}")).collect();
+        println!(
+            "hits ÷ direct round by round (each pair measured seconds apart): {} (median {:.2})",
+            list.join(" "),
+            median(paired.clone())
+        );
+    }
     println!("took {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
 }
@@ -386,10 +395,18 @@ fn measure_round(settings: &Settings) -> Result<Vec<Row>, String> {
     {
         let upstream = start_upstream(settings, Mode::Cache, "upstream")?;
         check_status(upstream.addr, &settings.request, None)?;
-        for (label, c) in [(LABEL_A, connections), (LABEL_A1, 1)] {
-            let measured = wrk(settings, label, upstream.addr, fixed, c, &[&upstream])?;
-            rows.push(Row::new(label, c, measured));
-        }
+        // One connection first: (a) then runs just before (b), its pair.
+        let single = wrk(settings, LABEL_A1, upstream.addr, fixed, 1, &[&upstream])?;
+        let many = wrk(
+            settings,
+            LABEL_A,
+            upstream.addr,
+            fixed,
+            connections,
+            &[&upstream],
+        )?;
+        rows.push(Row::new(LABEL_A, connections, many));
+        rows.push(Row::new(LABEL_A1, 1, single));
     }
 
     // (b) soapcache, every request a hit.
@@ -579,6 +596,19 @@ fn merge(rounds: Vec<Vec<Row>>) -> Vec<Row> {
         merged.push(out);
     }
     merged
+}
+
+/// (b) ÷ (a) within each round: the machine's drift between rounds moves
+/// both, so these vary less than the contenders' req/s do.
+fn paired_hit_ratios(rounds: &[Vec<Row>], connections: u32) -> Vec<f64> {
+    rounds
+        .iter()
+        .filter_map(|round| {
+            let a = find(round, LABEL_A, connections)?.requests_per_second;
+            let b = find(round, LABEL_B, connections)?.requests_per_second;
+            (a > 0.0).then(|| b / a)
+        })
+        .collect()
 }
 
 fn find<'r>(rows: &'r [Row], label: &str, connections: u32) -> Option<&'r Measured> {
