@@ -350,8 +350,9 @@ fn first_look(shared: &Shared, request: Request<Incoming>) -> FirstLook {
     FirstLook::Later(Later { parts, body, taken })
 }
 
-/// A byte-for-byte repeat of a request seen before, answered from the
-/// cache: no XML pass needed.
+/// A byte-for-byte repeat of a request seen before, answered from a fresh
+/// entry with no XML pass, when the request's headers allow a cached
+/// answer. `None` sends the request down the full path.
 fn answer_repeat(
     shared: &Shared,
     service: Option<&Service>,
@@ -360,9 +361,31 @@ fn answer_repeat(
     body: &Bytes,
 ) -> Option<Answer> {
     let known = shared.memo.recall(service_name, body)?;
-    let response = memo_hit(shared, service, service_name, headers, &known)?;
+    let rules = service.map_or(&*DEFAULT_RULES, |s| s.rules(&known.name));
+    let requester = directives(headers);
+    if !rules.cache
+        || requester.no_store
+        || requester.no_cache
+        || !may_share(headers, known.has_security_header, rules)
+    {
+        return None;
+    }
+    let built;
+    let (lookup, entry) = match &known.key {
+        Some(key) if rules.vary_headers.is_empty() => {
+            (key, shared.store.lookup_via(key, &known.shortcut))
+        }
+        _ => {
+            built = lookup_key(service_name, &known, headers, rules);
+            (&built, shared.store.lookup(&built))
+        }
+    };
+    let now = clock::now();
+    let entry = entry.filter(|e| e.is_fresh(now))?;
+    let response = cached_response(&entry, now, "HIT", "soapcache; hit");
     known.hits.count();
     let operation = Some(known.local_name.clone());
+    let response = with_debug_key(shared, response, lookup);
     Some((response, service_name.clone(), operation, Outcome::Hit))
 }
 
@@ -564,41 +587,6 @@ async fn answer_soap(
         x.shared.memo.remember(&x.body, known);
     }
     (with_debug_key(x.shared, response, &lookup), outcome)
-}
-
-/// The hot path of a repeat request: a fresh entry for a body the memo
-/// knows, when the request's headers allow a cached answer. `None` sends
-/// the request down the full path.
-fn memo_hit(
-    shared: &Shared,
-    service: Option<&Service>,
-    service_name: &Arc<str>,
-    headers: &HeaderMap,
-    known: &Known,
-) -> Option<Response<Body>> {
-    let rules = service.map_or(&*DEFAULT_RULES, |s| s.rules(&known.name));
-    let requester = directives(headers);
-    if !rules.cache
-        || requester.no_store
-        || requester.no_cache
-        || !may_share(headers, known.has_security_header, rules)
-    {
-        return None;
-    }
-    let built;
-    let (lookup, entry) = match &known.key {
-        Some(key) if rules.vary_headers.is_empty() => {
-            (key, shared.store.lookup_via(key, &known.shortcut))
-        }
-        _ => {
-            built = lookup_key(service_name, known, headers, rules);
-            (&built, shared.store.lookup(&built))
-        }
-    };
-    let now = clock::now();
-    let entry = entry.filter(|e| e.is_fresh(now))?;
-    let response = cached_response(&entry, now, "HIT", "soapcache; hit");
-    Some(with_debug_key(shared, response, lookup))
 }
 
 /// With `--debug-headers`, the request's selector value as `X-Cache-Key`.
