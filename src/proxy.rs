@@ -446,8 +446,9 @@ async fn answer_later(
     }
 
     let limits = shared.settings.client_limits;
-    // A whole body came through `first_look`, which asked the memo.
-    let asked_memo = matches!(taken, Ready::Whole(_)) && !is_multipart(&parts.headers);
+    // A whole body came through `first_look`, which asked the memo (a
+    // multipart one is forwarded below before the memo is asked).
+    let asked_memo = matches!(taken, Ready::Whole(_));
     let read = match taken {
         Ready::Whole(whole) => Ok(RequestBody::Whole(whole)),
         Ready::Failed(e) => Err(unreadable_body(&e, soap12_content)),
