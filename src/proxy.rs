@@ -382,7 +382,7 @@ fn answer_repeat(
     };
     let now = clock::now();
     let entry = entry.filter(|e| e.is_fresh(now))?;
-    let response = cached_response(&entry, now, "HIT", "soapcache; hit");
+    let response = cached_response(&entry, now, &HIT);
     known.hits.count();
     let operation = Some(known.local_name.clone());
     let response = with_debug_key(shared, response, lookup);
@@ -621,10 +621,7 @@ async fn answer_by_key(
         return fetch_and_store(x, op, rules, lookup, cached).await.0;
     }
     if let Some(entry) = cached.as_ref().filter(|e| e.is_fresh(now)) {
-        return (
-            cached_response(entry, now, "HIT", "soapcache; hit"),
-            Outcome::Hit,
-        );
+        return (cached_response(entry, now, &HIT), Outcome::Hit);
     }
 
     match x.shared.flights.join(lookup) {
@@ -655,12 +652,7 @@ async fn answer_by_key(
             let patience = x.shared.settings.upstream_timeout + Duration::from_secs(1);
             match coalesce::wait(waiter, patience).await {
                 Waited::Done(coalesce::Outcome::Stored(entry)) => (
-                    cached_response(
-                        &entry,
-                        clock::now(),
-                        "HIT",
-                        "soapcache; hit; detail=coalesced",
-                    ),
+                    cached_response(&entry, clock::now(), &COALESCED),
                     Outcome::Hit,
                 ),
                 Waited::Done(coalesce::Outcome::UpstreamFailed { status, message }) => {
@@ -930,10 +922,7 @@ async fn fetch_and_store(
 fn serve_stale(stale: Option<&Entry>) -> Option<(Response<Body>, Outcome)> {
     let now = clock::now();
     let entry = stale.filter(|e| e.is_usable_stale(now))?;
-    Some((
-        cached_response(entry, now, "STALE", "soapcache; hit; fwd=stale"),
-        Outcome::Stale,
-    ))
+    Some((cached_response(entry, now, &STALE), Outcome::Stale))
 }
 
 /// `Cache-Control: no-store` or `private` on the service's answer.
@@ -1238,23 +1227,50 @@ fn mark(headers: &mut HeaderMap, x_cache: &'static str, cache_status: &'static s
     headers.insert(CACHE_STATUS, HeaderValue::from_static(cache_status));
 }
 
-/// An answer from a stored entry: the stored bytes as they are.
-fn cached_response(
-    entry: &Entry,
-    now: SystemTime,
-    x_cache: &'static str,
-    cache_status: &'static str,
-) -> Response<Body> {
+/// An answer from a stored entry: the stored bytes as they are, under a
+/// copy of `headers` (one of [`HIT`], [`COALESCED`], [`STALE`]).
+fn cached_response(entry: &Entry, now: SystemTime, headers: &HeaderMap) -> Response<Body> {
     let mut response = Response::new(body::stored(entry.clone()));
-    let headers = response.headers_mut();
-    if let Some(content_type) = entry.content_type() {
-        headers.insert(header::CONTENT_TYPE, content_type);
+    // A clone copies the template's table as it is; inserting the same
+    // five headers would hash each name and grow the table twice.
+    *response.headers_mut() = headers.clone();
+    let content_type = entry.content_type();
+    // The two values that differ are found by position: by name, each
+    // would be hashed again.
+    let mut values = response.headers_mut().values_mut();
+    if let (Some(slot), Some(value)) = (values.next(), &content_type) {
+        *slot = value.clone();
     }
-    mark(headers, x_cache, cache_status);
-    headers.insert(header::AGE, age_value(entry.age(now)));
-    headers.insert(header::VIA, HeaderValue::from_static("1.1 soapcache"));
+    if let Some(slot) = values.nth(AGE_AT - CONTENT_TYPE_AT - 1) {
+        *slot = age_value(entry.age(now));
+    }
+    if content_type.is_none() {
+        response.headers_mut().remove(header::CONTENT_TYPE);
+    }
     response
 }
+
+/// Where [`from_cache_headers`] puts the values each answer sets.
+const CONTENT_TYPE_AT: usize = 0;
+const AGE_AT: usize = 3;
+
+/// The headers of answers from the cache, in the order they are sent.
+/// `Content-Type` and `Age` are placeholders, at `CONTENT_TYPE_AT` and
+/// `AGE_AT`, that each answer overwrites.
+fn from_cache_headers(x_cache: &'static str, cache_status: &'static str) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(5);
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/xml"));
+    mark(&mut headers, x_cache, cache_status);
+    headers.insert(header::AGE, HeaderValue::from_static("0"));
+    headers.insert(header::VIA, HeaderValue::from_static("1.1 soapcache"));
+    headers
+}
+
+static HIT: LazyLock<HeaderMap> = LazyLock::new(|| from_cache_headers("HIT", "soapcache; hit"));
+static COALESCED: LazyLock<HeaderMap> =
+    LazyLock::new(|| from_cache_headers("HIT", "soapcache; hit; detail=coalesced"));
+static STALE: LazyLock<HeaderMap> =
+    LazyLock::new(|| from_cache_headers("STALE", "soapcache; hit; fwd=stale"));
 
 /// An `Age` value. Most hits are younger than ten minutes: those values
 /// are made once, so a hit does not allocate one.
@@ -1344,6 +1360,40 @@ mod tests {
             .map(|id| u64::from_str_radix(id.split_once('-').unwrap().1, 16).unwrap())
             .collect();
         assert!(counters.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    }
+
+    #[test]
+    fn answers_from_the_cache_carry_their_own_content_type_and_age() {
+        let stored = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let expires = stored + Duration::from_secs(3600);
+        let now = stored + Duration::from_secs(42);
+        let text_xml = HeaderValue::from_static("application/soap+xml; charset=utf-8");
+        let with = Entry::new(&[b"<a/>"], Some(&text_xml), stored, expires, Duration::ZERO);
+        let without = Entry::new(&[b"<a/>"], None, stored, expires, Duration::ZERO);
+
+        let answer = cached_response(&with, now, &STALE);
+        let headers: Vec<(&str, &str)> = answer
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+            .collect();
+        assert_eq!(
+            headers,
+            [
+                ("content-type", "application/soap+xml; charset=utf-8"),
+                ("x-cache", "STALE"),
+                ("cache-status", "soapcache; hit; fwd=stale"),
+                ("age", "42"),
+                ("via", "1.1 soapcache"),
+            ]
+        );
+        let answer = cached_response(&without, now, &HIT);
+        assert_eq!(answer.headers().get(header::CONTENT_TYPE), None);
+        assert_eq!(answer.headers()[header::AGE], "42");
+        assert_eq!(answer.headers()[X_CACHE], "HIT");
+        // The templates are not changed by the answers made from them.
+        assert_eq!(HIT[header::AGE], "0");
+        assert_eq!(HIT[header::CONTENT_TYPE], "text/xml");
     }
 
     #[test]
