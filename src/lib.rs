@@ -5,9 +5,11 @@
 //! `selector`/`canonical`, lookup in `store`, misses through `coalesce` and
 //! `upstream`, answers read by `control` and `lifetime`) → answer. `body`
 //! carries bytes, stored entries and streams through; `fault`
-//! turns errors into SOAP faults; `admin` and `metrics` observe and steer;
+//! turns errors into SOAP faults; `access_log` writes one line per request;
+//! `admin` and `metrics` observe and steer;
 //! `server` starts and stops it all; `demo` shows it.
 
+pub mod access_log;
 pub mod admin;
 pub mod body;
 pub mod canonical;

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+use soapcache::access_log;
 use soapcache::cli::{Cli, Command, LogFormat};
 use soapcache::policy::PolicySet;
 
@@ -32,6 +33,8 @@ fn run(job: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
     } else {
         tokio::runtime::Builder::new_multi_thread()
     };
+    // Access lines wait in a batch until the runtime has nothing to do.
+    builder.on_thread_park(access_log::flush);
     let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -39,7 +42,11 @@ fn run(job: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(job) {
+    let result = runtime.block_on(job);
+    // Dropping the runtime drops unfinished requests, which log too.
+    drop(runtime);
+    access_log::flush();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("soapcache: {e}");
@@ -70,12 +77,18 @@ fn check(path: &std::path::Path) -> ExitCode {
 ///
 /// Lines are written by a background thread (tracing-appender), so a
 /// request never waits on stderr; if the writer falls behind by more than
-/// its buffer, lines are dropped rather than requests slowed. The returned
-/// guard flushes what is left when it is dropped at exit.
+/// its buffer, lines are dropped rather than requests slowed. It writes
+/// what has queued up in one go (the `BufWriter`, flushed whenever the
+/// queue is empty). Access lines take their own, cheaper way to the same
+/// writer (`access_log`). The returned guard flushes what is left when it
+/// is dropped at exit.
 fn init_logging(format: LogFormat, default: &str) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let ansi = std::io::stderr().is_terminal();
-    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    let (writer, guard) =
+        tracing_appender::non_blocking(std::io::BufWriter::new(std::io::stderr()));
+    let style = access_log::Style { format, ansi };
+    access_log::install(writer.clone(), style);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)

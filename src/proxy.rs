@@ -24,6 +24,7 @@ use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use smol_str::SmolStr;
 
+use crate::access_log;
 use crate::body::{self, Body};
 use crate::coalesce::{self, Coalescer, Role, Waited};
 use crate::control::{addressed_blocks_in_head, inspect_response, kept, splice};
@@ -173,7 +174,7 @@ pub fn handle(
     request: Request<Incoming>,
     remote: SocketAddr,
 ) -> impl Future<Output = Result<Response<Body>, Infallible>> + Send {
-    let logged = tracing::enabled!(target: "soapcache::access", tracing::Level::INFO);
+    let logged = access_log::enabled();
     // The requester's id, or one made when the access log is on: an id
     // that is written nowhere is not worth its cost on every hit.
     let request_id = match request.headers().get(X_REQUEST_ID) {
@@ -231,16 +232,19 @@ impl Drop for Answering {
         let Some(seen) = self.seen.as_ref().filter(|_| !self.answered) else {
             return;
         };
-        tracing::info!(
-            target: "soapcache::access",
-            request_id = self.request_id.as_ref().and_then(|id| id.to_str().ok()),
-            method = %seen.method,
-            path = seen.uri.path(),
-            result = "abandoned",
-            status = 499,
-            total_micros = seen.started.elapsed().as_micros() as u64,
-            "request abandoned by the requester"
-        );
+        access_log::write(&access_log::Line {
+            message: "request abandoned by the requester",
+            request_id: self.request_id.as_ref().and_then(|id| id.to_str().ok()),
+            method: seen.method.as_str(),
+            path: seen.uri.path(),
+            service: None,
+            operation: None,
+            result: "abandoned",
+            status: 499,
+            upstream_micros: None,
+            total_micros: seen.started.elapsed().as_micros() as u64,
+            bytes: None,
+        });
     }
 }
 
@@ -254,20 +258,19 @@ impl Answering {
             shared.metrics.upstream_duration(took);
         }
         if let Some(seen) = &self.seen {
-            tracing::info!(
-                target: "soapcache::access",
-                request_id = self.request_id.as_ref().and_then(|id| id.to_str().ok()),
-                method = %seen.method,
-                path = seen.uri.path(),
-                %service,
-                operation = operation.as_deref().unwrap_or("-"),
-                result = outcome.label(),
-                status = response.status().as_u16(),
-                upstream_micros = upstream.map(|t| t.as_micros() as u64),
-                total_micros = seen.started.elapsed().as_micros() as u64,
-                bytes = hyper::body::Body::size_hint(response.body()).exact(),
-                "request"
-            );
+            access_log::write(&access_log::Line {
+                message: "request",
+                request_id: self.request_id.as_ref().and_then(|id| id.to_str().ok()),
+                method: seen.method.as_str(),
+                path: seen.uri.path(),
+                service: Some(&service),
+                operation: Some(operation.as_deref().unwrap_or("-")),
+                result: outcome.label(),
+                status: response.status().as_u16(),
+                upstream_micros: upstream.map(|t| t.as_micros() as u64),
+                total_micros: seen.started.elapsed().as_micros() as u64,
+                bytes: hyper::body::Body::size_hint(response.body()).exact(),
+            });
         }
         if let Some(id) = self.request_id.take() {
             response.headers_mut().insert(X_REQUEST_ID, id);

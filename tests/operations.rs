@@ -293,6 +293,68 @@ async fn each_request_is_one_json_log_line_with_its_fields() {
     );
 }
 
+/// Access lines go out in batches (when the buffer fills, and whenever the
+/// server idles): a burst larger than a batch still leaves exactly one
+/// whole line per request, each soon after the burst ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_of_requests_leaves_one_whole_access_line_each() {
+    let upstream = Upstream::catalog().await;
+    let proxy = Soapcache::serve(&["--upstream", &upstream.url()]);
+    let http = Http::default();
+    let answers = futures_util::future::join_all((0..400).map(|i| {
+        let http = http.clone();
+        let url = proxy.url("/catalog");
+        async move {
+            let part = format!("BURST-{}", i % 10);
+            http.soap(&url, &catalog_request(&part)).await
+        }
+    }))
+    .await;
+    let mut ids: Vec<String> = answers
+        .iter()
+        .map(|a| a.header("x-request-id").expect("an id").to_owned())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 400);
+
+    let mut lines = Vec::new();
+    for _ in 0..100 {
+        lines = proxy
+            .logs()
+            .into_iter()
+            .filter(|l| l.contains(" soapcache::access: "))
+            .collect();
+        if lines.len() >= 400 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(lines.len(), 400);
+    let mut logged: Vec<String> = lines
+        .iter()
+        .map(|l| {
+            assert!(l.contains(" status=200 "), "{l}");
+            assert!(
+                l.contains(" INFO soapcache::access: request request_id=\""),
+                "{l}"
+            );
+            let id = l
+                .split("request_id=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next());
+            id.expect("an id in each line").to_owned()
+        })
+        .collect();
+    logged.sort();
+    assert_eq!(logged, ids);
+    let hits = lines
+        .iter()
+        .filter(|l| l.contains("result=\"hit\""))
+        .count();
+    assert!(hits > 0, "{lines:#?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn generated_request_ids_are_unique_and_forwarded() {
     let upstream = Upstream::start(|_| Reply::xml(200, "<not-cached/>")).await;
