@@ -64,8 +64,15 @@ struct Batch {
 
 static SINK: OnceLock<Sink> = OnceLock::new();
 
-/// Sends access lines to `out` from now on. Only the first call counts.
+/// Sends access lines to `out` from now on, if `RUST_LOG` lets target
+/// `soapcache::access` log at INFO: call it once the subscriber is set.
+/// Only the first call counts.
 pub fn install(out: impl Write + Send + 'static, style: Style) {
+    // The filter does not change while the process runs: asked once, not
+    // on every request.
+    if !tracing::enabled!(target: "soapcache::access", tracing::Level::INFO) {
+        return;
+    }
     let _ = SINK.set(Sink {
         style,
         batch: Mutex::new(Batch {
@@ -77,10 +84,9 @@ pub fn install(out: impl Write + Send + 'static, style: Style) {
     });
 }
 
-/// Whether a request's line would be written: a sink is installed and
-/// `RUST_LOG` lets target `soapcache::access` log at INFO.
+/// Whether a request's line would be written.
 pub fn enabled() -> bool {
-    SINK.get().is_some() && tracing::enabled!(target: "soapcache::access", tracing::Level::INFO)
+    SINK.get().is_some()
 }
 
 /// Adds `line` to the batch.
@@ -244,12 +250,8 @@ impl Text<'_> {
 
     fn quoted(&mut self, name: &str, value: &str) {
         self.name(name);
-        // Printable ASCII other than `"` and `\` reads the same under
-        // `Debug`: the common case skips the formatter.
-        if value
-            .bytes()
-            .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
-        {
+        // The common case skips the formatter.
+        if value.bytes().all(|b| AS_IS[usize::from(b)]) {
             self.out.push(b'"');
             self.out.extend_from_slice(value.as_bytes());
             self.out.push(b'"');
@@ -264,6 +266,18 @@ impl Text<'_> {
             .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
     }
 }
+
+/// The bytes `Debug` writes as they are between quotes: printable ASCII
+/// other than `"` and `\`.
+static AS_IS: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = b' ';
+    while b <= b'~' {
+        table[b as usize] = b != b'"' && b != b'\\';
+        b += 1;
+    }
+    table
+};
 
 /// tracing-subscriber's JSON shape with `flatten_event(true)`: timestamp,
 /// level, message, the fields, target.

@@ -87,8 +87,7 @@ fn init_logging(format: LogFormat, default: &str) -> tracing_appender::non_block
     let ansi = std::io::stderr().is_terminal();
     let (writer, guard) =
         tracing_appender::non_blocking(std::io::BufWriter::new(std::io::stderr()));
-    let style = access_log::Style { format, ansi };
-    access_log::install(writer.clone(), style);
+    let access_writer = writer.clone();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
@@ -97,5 +96,6 @@ fn init_logging(format: LogFormat, default: &str) -> tracing_appender::non_block
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+    access_log::install(access_writer, access_log::Style { format, ansi });
     guard
 }
