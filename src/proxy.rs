@@ -196,11 +196,17 @@ pub fn handle(
     // hyper calls this before it has read the body: the first look waits
     // for the future's first poll, when a body sent with its head is there.
     async move {
-        let answer = match first_look(&shared, request) {
+        // Both ways, the answer goes back with the request's id.
+        let answer = match first_look(&shared, request, answering.request_id.as_ref()) {
             FirstLook::Answered(answer) => answer,
             FirstLook::Later(later) => {
                 let request_id = answering.request_id.clone();
-                Box::pin(answer_later(&shared, later, request_id.as_ref(), remote)).await
+                let mut answer =
+                    Box::pin(answer_later(&shared, later, request_id.as_ref(), remote)).await;
+                if let Some(id) = request_id {
+                    answer.0.headers_mut().insert(X_REQUEST_ID, id);
+                }
+                answer
             }
         };
         Ok(answering.finish(&shared, answer))
@@ -251,7 +257,7 @@ impl Drop for Answering {
 impl Answering {
     /// Records and logs an answer, and hands the response out.
     fn finish(mut self, shared: &Shared, answer: Answer) -> Response<Body> {
-        let (mut response, service, operation, outcome) = answer;
+        let (response, service, operation, outcome) = answer;
         self.answered = true;
         let upstream = response.extensions().get::<UpstreamTime>().map(|t| t.0);
         if let Some(took) = upstream {
@@ -271,9 +277,6 @@ impl Answering {
                 total_micros: seen.started.elapsed().as_micros() as u64,
                 bytes: hyper::body::Body::size_hint(response.body()).exact(),
             });
-        }
-        if let Some(id) = self.request_id.take() {
-            response.headers_mut().insert(X_REQUEST_ID, id);
         }
         response
     }
@@ -333,7 +336,11 @@ struct Later {
 
 /// The hot path: a POST whose body came whole with its head, a repeat the
 /// memo knows, answered from a fresh entry. Everything else is handed on.
-fn first_look(shared: &Shared, request: Request<Incoming>) -> FirstLook {
+fn first_look(
+    shared: &Shared,
+    request: Request<Incoming>,
+    request_id: Option<&HeaderValue>,
+) -> FirstLook {
     let (parts, mut body) = request.into_parts();
     if parts.method != Method::POST {
         let taken = Ready::Started(None);
@@ -347,7 +354,15 @@ fn first_look(shared: &Shared, request: Request<Incoming>) -> FirstLook {
     let policies = shared.policies.load();
     let service = policies.route(parts.uri.path()).map(|s| &**s);
     let service_name = service.map_or(&*DEFAULT_SERVICE, |s| &s.name);
-    if let Some(answer) = answer_repeat(shared, service, service_name, &parts.headers, whole) {
+    let repeat = answer_repeat(
+        shared,
+        service,
+        service_name,
+        &parts.headers,
+        whole,
+        request_id,
+    );
+    if let Some(answer) = repeat {
         return FirstLook::Answered(answer);
     }
     FirstLook::Later(Later { parts, body, taken })
@@ -355,13 +370,15 @@ fn first_look(shared: &Shared, request: Request<Incoming>) -> FirstLook {
 
 /// A byte-for-byte repeat of a request seen before, answered from a fresh
 /// entry with no XML pass, when the request's headers allow a cached
-/// answer. `None` sends the request down the full path.
+/// answer. `None` sends the request down the full path. With a
+/// `request_id`, the answer carries it.
 fn answer_repeat(
     shared: &Shared,
     service: Option<&Service>,
     service_name: &Arc<str>,
     headers: &HeaderMap,
     body: &Bytes,
+    request_id: Option<&HeaderValue>,
 ) -> Option<Answer> {
     let known = shared.memo.recall(service_name, body)?;
     let rules = service.map_or(&*DEFAULT_RULES, |s| s.rules(&known.name));
@@ -385,7 +402,7 @@ fn answer_repeat(
     };
     let now = clock::now();
     let entry = entry.filter(|e| e.is_fresh(now))?;
-    let response = cached_response(&entry, now, &HIT);
+    let response = cached_response(&entry, now, &HIT, request_id);
     known.hits.count();
     let operation = Some(known.local_name.clone());
     let response = with_debug_key(shared, response, lookup);
@@ -494,7 +511,9 @@ async fn answer_later(
         Err(response) => return finish(response, Outcome::Error),
     };
     if !asked_memo {
-        if let Some(answer) = answer_repeat(shared, service, &service_name, &parts.headers, &body) {
+        if let Some(answer) =
+            answer_repeat(shared, service, &service_name, &parts.headers, &body, None)
+        {
             return answer;
         }
     }
@@ -624,7 +643,7 @@ async fn answer_by_key(
         return fetch_and_store(x, op, rules, lookup, cached).await.0;
     }
     if let Some(entry) = cached.as_ref().filter(|e| e.is_fresh(now)) {
-        return (cached_response(entry, now, &HIT), Outcome::Hit);
+        return (cached_response(entry, now, &HIT, None), Outcome::Hit);
     }
 
     match x.shared.flights.join(lookup) {
@@ -655,7 +674,7 @@ async fn answer_by_key(
             let patience = x.shared.settings.upstream_timeout + Duration::from_secs(1);
             match coalesce::wait(waiter, patience).await {
                 Waited::Done(coalesce::Outcome::Stored(entry)) => (
-                    cached_response(&entry, clock::now(), &COALESCED),
+                    cached_response(&entry, clock::now(), &COALESCED, None),
                     Outcome::Hit,
                 ),
                 Waited::Done(coalesce::Outcome::UpstreamFailed { status, message }) => {
@@ -925,7 +944,7 @@ async fn fetch_and_store(
 fn serve_stale(stale: Option<&Entry>) -> Option<(Response<Body>, Outcome)> {
     let now = clock::now();
     let entry = stale.filter(|e| e.is_usable_stale(now))?;
-    Some((cached_response(entry, now, &STALE), Outcome::Stale))
+    Some((cached_response(entry, now, &STALE, None), Outcome::Stale))
 }
 
 /// `Cache-Control: no-store` or `private` on the service's answer.
@@ -1231,15 +1250,23 @@ fn mark(headers: &mut HeaderMap, x_cache: &'static str, cache_status: &'static s
 }
 
 /// An answer from a stored entry: the stored bytes as they are, under a
-/// copy of `headers` (one of [`HIT`], [`COALESCED`], [`STALE`]).
-fn cached_response(entry: &Entry, now: SystemTime, headers: &HeaderMap) -> Response<Body> {
+/// copy of one of the [`FromCache`] templates, with `request_id` if given.
+fn cached_response(
+    entry: &Entry,
+    now: SystemTime,
+    kind: &FromCache,
+    request_id: Option<&HeaderValue>,
+) -> Response<Body> {
     let mut response = Response::new(body::stored(entry.clone()));
     // A clone copies the template's table as it is; inserting the same
-    // five headers would hash each name and grow the table twice.
-    *response.headers_mut() = headers.clone();
+    // headers would hash each name and grow the table twice.
+    *response.headers_mut() = match request_id {
+        None => kind.plain.clone(),
+        Some(_) => kind.with_id.clone(),
+    };
     let content_type = entry.content_type();
-    // The two values that differ are found by position: by name, each
-    // would be hashed again.
+    // The values that differ are found by position: by name, each would
+    // be hashed again.
     let mut values = response.headers_mut().values_mut();
     if let (Some(slot), Some(value)) = (values.next(), &content_type) {
         *slot = value.clone();
@@ -1247,33 +1274,47 @@ fn cached_response(entry: &Entry, now: SystemTime, headers: &HeaderMap) -> Respo
     if let Some(slot) = values.nth(AGE_AT - CONTENT_TYPE_AT - 1) {
         *slot = age_value(entry.age(now));
     }
+    if let (Some(slot), Some(id)) = (values.nth(REQUEST_ID_AT - AGE_AT - 1), request_id) {
+        *slot = id.clone();
+    }
     if content_type.is_none() {
         response.headers_mut().remove(header::CONTENT_TYPE);
     }
     response
 }
 
-/// Where [`from_cache_headers`] puts the values each answer sets.
-const CONTENT_TYPE_AT: usize = 0;
-const AGE_AT: usize = 3;
-
-/// The headers of answers from the cache, in the order they are sent.
-/// `Content-Type` and `Age` are placeholders, at `CONTENT_TYPE_AT` and
-/// `AGE_AT`, that each answer overwrites.
-fn from_cache_headers(x_cache: &'static str, cache_status: &'static str) -> HeaderMap {
-    let mut headers = HeaderMap::with_capacity(5);
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/xml"));
-    mark(&mut headers, x_cache, cache_status);
-    headers.insert(header::AGE, HeaderValue::from_static("0"));
-    headers.insert(header::VIA, HeaderValue::from_static("1.1 soapcache"));
-    headers
+/// The headers of one kind of answer from the cache, in the order they
+/// are sent, made once. `Content-Type`, `Age` and `X-Request-ID` are
+/// placeholders, at the positions below, that each answer overwrites.
+/// The request id has its own template: a header added to a clone would
+/// regrow its table.
+struct FromCache {
+    plain: HeaderMap,
+    with_id: HeaderMap,
 }
 
-static HIT: LazyLock<HeaderMap> = LazyLock::new(|| from_cache_headers("HIT", "soapcache; hit"));
-static COALESCED: LazyLock<HeaderMap> =
-    LazyLock::new(|| from_cache_headers("HIT", "soapcache; hit; detail=coalesced"));
-static STALE: LazyLock<HeaderMap> =
-    LazyLock::new(|| from_cache_headers("STALE", "soapcache; hit; fwd=stale"));
+const CONTENT_TYPE_AT: usize = 0;
+const AGE_AT: usize = 3;
+const REQUEST_ID_AT: usize = 5;
+
+impl FromCache {
+    fn new(x_cache: &'static str, cache_status: &'static str) -> FromCache {
+        let mut plain = HeaderMap::with_capacity(5);
+        plain.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/xml"));
+        mark(&mut plain, x_cache, cache_status);
+        plain.insert(header::AGE, HeaderValue::from_static("0"));
+        plain.insert(header::VIA, HeaderValue::from_static("1.1 soapcache"));
+        let mut with_id = plain.clone();
+        with_id.insert(X_REQUEST_ID, HeaderValue::from_static("-"));
+        FromCache { plain, with_id }
+    }
+}
+
+static HIT: LazyLock<FromCache> = LazyLock::new(|| FromCache::new("HIT", "soapcache; hit"));
+static COALESCED: LazyLock<FromCache> =
+    LazyLock::new(|| FromCache::new("HIT", "soapcache; hit; detail=coalesced"));
+static STALE: LazyLock<FromCache> =
+    LazyLock::new(|| FromCache::new("STALE", "soapcache; hit; fwd=stale"));
 
 /// An `Age` value. Most hits are younger than ten minutes: those values
 /// are made once, so a hit does not allocate one.
@@ -1374,7 +1415,8 @@ mod tests {
         let with = Entry::new(&[b"<a/>"], Some(&text_xml), stored, expires, Duration::ZERO);
         let without = Entry::new(&[b"<a/>"], None, stored, expires, Duration::ZERO);
 
-        let answer = cached_response(&with, now, &STALE);
+        let id = HeaderValue::from_static("req-1");
+        let answer = cached_response(&with, now, &STALE, Some(&id));
         let headers: Vec<(&str, &str)> = answer
             .headers()
             .iter()
@@ -1388,15 +1430,18 @@ mod tests {
                 ("cache-status", "soapcache; hit; fwd=stale"),
                 ("age", "42"),
                 ("via", "1.1 soapcache"),
+                ("x-request-id", "req-1"),
             ]
         );
-        let answer = cached_response(&without, now, &HIT);
+        let answer = cached_response(&without, now, &HIT, None);
         assert_eq!(answer.headers().get(header::CONTENT_TYPE), None);
         assert_eq!(answer.headers()[header::AGE], "42");
         assert_eq!(answer.headers()[X_CACHE], "HIT");
+        assert_eq!(answer.headers().len(), 4);
         // The templates are not changed by the answers made from them.
-        assert_eq!(HIT[header::AGE], "0");
-        assert_eq!(HIT[header::CONTENT_TYPE], "text/xml");
+        assert_eq!(HIT.plain[header::AGE], "0");
+        assert_eq!(HIT.plain[header::CONTENT_TYPE], "text/xml");
+        assert_eq!(STALE.with_id[X_REQUEST_ID], "-");
     }
 
     #[test]
