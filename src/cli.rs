@@ -70,7 +70,8 @@ pub struct ServeArgs {
     /// Time allowed for the upstream to answer (headers and body).
     #[arg(long, env = "SOAPCACHE_UPSTREAM_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub upstream_timeout: Duration,
-    /// Time a client has to send a request head and body; slower clients are cut off.
+    /// Time a client has to send a request head and body; slower clients are cut off,
+    /// and a connection idle for as long (nothing sent, nothing read) is closed.
     #[arg(long, env = "SOAPCACHE_CLIENT_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub client_timeout: Duration,
     /// Proxy connections open at once; past it new connections get 503.

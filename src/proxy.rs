@@ -34,6 +34,7 @@ use crate::envelope::{
 };
 use crate::fault::{self, Culprit, Fault};
 use crate::lifetime;
+use crate::listener::Busy;
 use crate::memo::{Known, Memo};
 use crate::metrics::{Metrics, Outcome};
 use crate::policy::{PolicySet, Rules, Service};
@@ -173,6 +174,7 @@ pub fn handle(
     shared: Arc<Shared>,
     request: Request<Incoming>,
     remote: SocketAddr,
+    busy: Busy,
 ) -> impl Future<Output = Result<Response<Body>, Infallible>> + Send {
     let logged = access_log::enabled();
     // The requester's id, or one made when the access log is on: an id
@@ -192,6 +194,7 @@ pub fn handle(
         request_id,
         seen,
         answered: false,
+        _busy: busy,
     };
     // hyper calls this before it has read the body: the first look waits
     // for the future's first poll, when a body sent with its head is there.
@@ -231,6 +234,8 @@ struct Answering {
     request_id: Option<HeaderValue>,
     seen: Option<Seen>,
     answered: bool,
+    /// The connection is not idle while the request is being answered.
+    _busy: Busy,
 }
 
 impl Drop for Answering {

@@ -54,7 +54,8 @@ pub async fn start(
     let mut tasks = JoinSet::new();
 
     let proxy_state = shared.clone();
-    let handler = move |request, remote| proxy::handle(proxy_state.clone(), request, remote);
+    let handler =
+        move |request, remote, busy| proxy::handle(proxy_state.clone(), request, remote, busy);
     let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let limits = shared.settings().client_limits;
     tasks.spawn(listener::serve(
@@ -67,9 +68,13 @@ pub async fn start(
     ));
 
     let admin = Admin::new(shared.clone(), admin_token);
-    let handler = move |request, _remote| {
+    let handler = move |request, _remote, busy: listener::Busy| {
         let admin = admin.clone();
-        async move { Ok(admin.handle(request).await) }
+        async move {
+            let answer = admin.handle(request).await;
+            drop(busy);
+            Ok(answer)
+        }
     };
     // The admin API serves operators and scrapers: a few connections suffice.
     let admin_limits = ClientLimits {

@@ -48,6 +48,80 @@ async fn a_client_trickling_its_headers_is_cut_off() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_idle_keep_alive_connection_is_closed_after_the_client_timeout() {
+    let upstream = Upstream::catalog().await;
+    let proxy = Soapcache::serve(&["--upstream", &upstream.url(), "--client-timeout", "1s"]);
+    let addr = proxy.proxy;
+    let body = catalog_request("IDLE-1");
+    let request = format!(
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml; charset=utf-8\r\n\
+         SOAPAction: \"\"\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let (answer, closed_after) = tokio::task::spawn_blocking(move || {
+        let mut stream = raw_connect(addr);
+        stream.write_all(request.as_bytes()).unwrap();
+        let started = Instant::now();
+        // The answer, then nothing more from either side until the server
+        // closes the connection.
+        let answer = read_to_close(&mut stream);
+        (answer, started.elapsed())
+    })
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        closed_after >= Duration::from_millis(900) && closed_after < Duration::from_secs(5),
+        "closed after {closed_after:?}"
+    );
+}
+
+/// The watchdog closes idle connections only: a request waiting on a
+/// service slower than the client timeout is answered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_waiting_for_a_slow_service_is_not_idle() {
+    let upstream = Upstream::slow_catalog(Duration::from_millis(2500)).await;
+    let proxy = Soapcache::serve(&["--upstream", &upstream.url(), "--client-timeout", "1s"]);
+    let http = Http::default();
+    let answer = http.soap(&proxy.url("/"), &catalog_request("SLOW-1")).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.x_cache(), "MISS");
+    assert_eq!(upstream.count(), 1);
+}
+
+/// A requester that stops reading a large answer is disconnected once
+/// nothing more could be written for the client timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reader_that_stops_reading_is_disconnected() {
+    let big = format!(
+        "<soap:Envelope xmlns:soap=\"{SOAP11}\"><soap:Body><r>{}</r></soap:Body></soap:Envelope>",
+        "y".repeat(64 << 20)
+    );
+    let total = big.len();
+    let upstream = Upstream::start(move |_| Reply::xml(200, big.clone())).await;
+    let proxy = Soapcache::serve(&["--upstream", &upstream.url(), "--client-timeout", "1s"]);
+    let addr = proxy.proxy;
+    let body = catalog_request("STALL-1");
+    let request = format!(
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml; charset=utf-8\r\n\
+         SOAPAction: \"\"\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let read = tokio::task::spawn_blocking(move || {
+        let mut stream = raw_connect(addr);
+        stream.write_all(request.as_bytes()).unwrap();
+        // Read nothing for a while: the socket buffers fill, writing stops.
+        std::thread::sleep(Duration::from_secs(4));
+        let mut out = Vec::new();
+        let _ = stream.read_to_end(&mut out);
+        out.len()
+    })
+    .await
+    .unwrap();
+    assert!(read > 0 && read < total, "read {read} of {total} bytes");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_client_trickling_its_body_gets_408() {
     let upstream = Upstream::catalog().await;
     let proxy = Soapcache::serve(&["--upstream", &upstream.url(), "--client-timeout", "1s"]);
