@@ -51,6 +51,11 @@ fn main() {
         upstream::serve(port, mode);
         return;
     }
+    // For benches/instructions.sh: the wrk script the load runs use.
+    if args.iter().any(|a| a == "--print-request-script") {
+        print!("{}", fixed_script(&request_body(PART)));
+        return;
+    }
     if !args.iter().any(|a| a == "--bench") {
         println!(
             "load benchmark: not run in test mode; run it with `cargo bench --bench load` \
@@ -273,6 +278,7 @@ struct Row {
 const LABEL_A: &str = "(a) upstream direct (hyper, 1 thread)";
 const LABEL_A1: &str = "(a) upstream direct, 1 connection";
 const LABEL_B: &str = "(b) soapcache, all hits";
+const LABEL_B_LOGGED: &str = "(b) soapcache, all hits, access log on";
 const LABEL_C: &str = "(c) soapcache, all misses (pass-through)";
 const LABEL_C1: &str = "(c) soapcache, all misses, 1 connection";
 const LABEL_D: &str = "(d) nginx proxy_cache, all hits";
@@ -409,23 +415,28 @@ fn measure_round(settings: &Settings) -> Result<Vec<Row>, String> {
         rows.push(Row::new(LABEL_A1, 1, single));
     }
 
-    // (b) soapcache, every request a hit.
-    {
+    // (b) soapcache, every request a hit: with the access log off, then
+    // on (one line per request to a file, as `soapcache serve` runs by
+    // default).
+    for (label, rust_log, name) in [
+        (LABEL_B, "warn", "soapcache-b"),
+        (LABEL_B_LOGGED, "info", "soapcache-b-logged"),
+    ] {
         let upstream = start_upstream(settings, Mode::Cache, "upstream-b")?;
-        let soapcache = start_soapcache(settings, upstream.addr, "soapcache-b")?;
+        let soapcache = start_soapcache(settings, upstream.addr, name, rust_log)?;
         let first = check_status(soapcache.proxy.addr, &settings.request, Some("MISS"))?;
         let second = check_status(soapcache.proxy.addr, &settings.request, Some("HIT"))?;
         let before = stats(soapcache.admin);
         let servers = [&soapcache.proxy, &upstream];
         let measured = wrk(
             settings,
-            LABEL_B,
+            label,
             soapcache.proxy.addr,
             fixed,
             connections,
             &servers,
         )?;
-        let mut row = Row::new(LABEL_B, connections, measured);
+        let mut row = Row::new(label, connections, measured);
         row.notes.push(format!("warm-up: {first}, then {second}"));
         row.notes.extend(stats_note(before, stats(soapcache.admin)));
         row.notes.push(rss_note(&soapcache.proxy));
@@ -435,7 +446,7 @@ fn measure_round(settings: &Settings) -> Result<Vec<Row>, String> {
     // (c) soapcache, every request a miss.
     {
         let upstream = start_upstream(settings, Mode::NoCache, "upstream-c")?;
-        let soapcache = start_soapcache(settings, upstream.addr, "soapcache-c")?;
+        let soapcache = start_soapcache(settings, upstream.addr, "soapcache-c", "warn")?;
         let first = check_status(soapcache.proxy.addr, &settings.request, Some("MISS"))?;
         check_status(soapcache.proxy.addr, &settings.request, Some("MISS"))?;
         for (label, c) in [(LABEL_C, connections), (LABEL_C1, 1)] {
@@ -494,7 +505,7 @@ fn measure_round(settings: &Settings) -> Result<Vec<Row>, String> {
     // (e) soapcache, 10 000 keys chosen uniformly, from an empty cache.
     {
         let upstream = start_upstream(settings, Mode::Echo, "upstream-e")?;
-        let soapcache = start_soapcache(settings, upstream.addr, "soapcache-e")?;
+        let soapcache = start_soapcache(settings, upstream.addr, "soapcache-e", "warn")?;
         check_status(
             soapcache.proxy.addr,
             &request_body("ABC-00001"),
@@ -683,6 +694,13 @@ fn verdicts(rows: &[Row], connections: u32) -> String {
             out,
             "  soapcache hits ÷ upstream direct        = {r:.2} (target ≥ 0.85: {})",
             verdict(r >= 0.85)
+        );
+    }
+    if let (Some(a), Some(b)) = (direct, find(rows, LABEL_B_LOGGED, connections)) {
+        let _ = writeln!(
+            out,
+            "    the same with the access log on       = {:.2}",
+            b.requests_per_second / a.requests_per_second
         );
     }
     if let (Some(d), Some(b)) = (nginx, hits) {
@@ -1104,10 +1122,12 @@ struct Soapcache {
     admin: SocketAddr,
 }
 
+/// `rust_log`: `warn` keeps the access log off; `info` is the default.
 fn start_soapcache(
     settings: &Settings,
     upstream: SocketAddr,
     name: &str,
+    rust_log: &str,
 ) -> Result<Soapcache, String> {
     let port = free_port()?;
     let admin_port = free_port()?;
@@ -1125,7 +1145,7 @@ fn start_soapcache(
             "--upstream".into(),
             format!("http://{upstream}"),
         ],
-        &[("RUST_LOG", "warn")],
+        &[("RUST_LOG", rust_log)],
         SocketAddr::from(([127, 0, 0, 1], port)),
     )?;
     Ok(Soapcache { proxy, admin })
