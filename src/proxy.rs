@@ -132,21 +132,63 @@ struct Directives {
     private: bool,
 }
 
-fn directives(headers: &HeaderMap) -> Directives {
-    let mut d = Directives::default();
-    for value in headers.get_all(header::CACHE_CONTROL) {
+impl Directives {
+    /// Adds what one `Cache-Control` value says.
+    fn read(&mut self, value: &HeaderValue) {
         for directive in value.to_str().unwrap_or_default().split(',') {
             let name = directive.split('=').next().unwrap_or_default().trim();
             if name.eq_ignore_ascii_case("no-cache") {
-                d.no_cache = true;
+                self.no_cache = true;
             } else if name.eq_ignore_ascii_case("no-store") {
-                d.no_store = true;
+                self.no_store = true;
             } else if name.eq_ignore_ascii_case("private") {
-                d.private = true;
+                self.private = true;
             }
         }
     }
+}
+
+fn directives(headers: &HeaderMap) -> Directives {
+    let mut d = Directives::default();
+    for value in headers.get_all(header::CACHE_CONTROL) {
+        d.read(value);
+    }
     d
+}
+
+/// What a request's headers say that its first look needs, read in one
+/// pass over them: looking each header up by name hashes the name, and a
+/// repeat asked four of them.
+#[derive(Debug, Default)]
+struct Asked {
+    /// The requester's `X-Request-ID` (its first).
+    request_id: Option<HeaderValue>,
+    /// Whether the (first) `Content-Type` is `multipart/…`.
+    multipart: bool,
+    requester: Directives,
+    authorization: bool,
+}
+
+impl Asked {
+    fn of(headers: &HeaderMap) -> Asked {
+        let mut asked = Asked::default();
+        let mut content_type_seen = false;
+        for (name, value) in headers {
+            if *name == header::CONTENT_TYPE {
+                if !content_type_seen {
+                    asked.multipart = value_starts_with(value, "multipart/");
+                    content_type_seen = true;
+                }
+            } else if *name == header::CACHE_CONTROL {
+                asked.requester.read(value);
+            } else if *name == header::AUTHORIZATION {
+                asked.authorization = true;
+            } else if *name == X_REQUEST_ID && asked.request_id.is_none() {
+                asked.request_id = Some(value.clone());
+            }
+        }
+        asked
+    }
 }
 
 /// One request on its way through: everything the later steps need.
@@ -177,12 +219,13 @@ pub fn handle(
     busy: Busy,
 ) -> impl Future<Output = Result<Response<Body>, Infallible>> + Send {
     let logged = access_log::enabled();
+    let mut asked = Asked::of(request.headers());
     // The requester's id, or one made when the access log is on: an id
     // that is written nowhere is not worth its cost on every hit.
-    let request_id = match request.headers().get(X_REQUEST_ID) {
-        Some(id) => Some(id.clone()),
-        None => logged.then(new_request_id),
-    };
+    let request_id = asked
+        .request_id
+        .take()
+        .or_else(|| logged.then(new_request_id));
     // Taken only when the access log is on: on a hit, even a clock read or
     // a clone counts.
     let seen = logged.then(|| Seen {
@@ -200,7 +243,7 @@ pub fn handle(
     // for the future's first poll, when a body sent with its head is there.
     async move {
         // Both ways, the answer goes back with the request's id.
-        let answer = match first_look(&shared, request, answering.request_id.as_ref()) {
+        let answer = match first_look(&shared, request, &asked, answering.request_id.as_ref()) {
             FirstLook::Answered(answer) => answer,
             FirstLook::Later(later) => {
                 let request_id = answering.request_id.clone();
@@ -344,6 +387,7 @@ struct Later {
 fn first_look(
     shared: &Shared,
     request: Request<Incoming>,
+    asked: &Asked,
     request_id: Option<&HeaderValue>,
 ) -> FirstLook {
     let (parts, mut body) = request.into_parts();
@@ -353,17 +397,19 @@ fn first_look(
     }
     let taken = ready_body(&mut body, shared.settings.max_body);
     let whole = match &taken {
-        Ready::Whole(whole) if !is_multipart(&parts.headers) => whole,
+        Ready::Whole(whole) if !asked.multipart => whole,
         _ => return FirstLook::Later(Later { parts, body, taken }),
     };
     let policies = shared.policies.load();
     let service = policies.route(parts.uri.path()).map(|s| &**s);
     let service_name = service.map_or(&*DEFAULT_SERVICE, |s| &s.name);
+    let headers = &parts.headers;
     let repeat = answer_repeat(
         shared,
         service,
         service_name,
-        &parts.headers,
+        headers,
+        asked,
         whole,
         request_id,
     );
@@ -382,16 +428,17 @@ fn answer_repeat(
     service: Option<&Service>,
     service_name: &Arc<str>,
     headers: &HeaderMap,
+    asked: &Asked,
     body: &Bytes,
     request_id: Option<&HeaderValue>,
 ) -> Option<Answer> {
     let known = shared.memo.recall(service_name, body)?;
     let rules = service.map_or(&*DEFAULT_RULES, |s| s.rules(&known.name));
-    let requester = directives(headers);
+    let requester = asked.requester;
     if !rules.cache
         || requester.no_store
         || requester.no_cache
-        || !may_share(headers, known.has_security_header, rules)
+        || !may_share(asked.authorization, known.has_security_header, rules)
     {
         return None;
     }
@@ -516,9 +563,15 @@ async fn answer_later(
         Err(response) => return finish(response, Outcome::Error),
     };
     if !asked_memo {
-        if let Some(answer) =
-            answer_repeat(shared, service, &service_name, &parts.headers, &body, None)
-        {
+        if let Some(answer) = answer_repeat(
+            shared,
+            service,
+            &service_name,
+            &parts.headers,
+            &Asked::of(&parts.headers),
+            &body,
+            None,
+        ) {
             return answer;
         }
     }
@@ -577,7 +630,8 @@ async fn answer_soap(
     let rules = x.service.map_or(&*DEFAULT_RULES, |s| s.rules(&op.name));
     let requester = directives(&x.parts.headers);
     let writes = x.service.and_then(|s| s.invalidation(&op.name)).is_some();
-    let shareable = may_share(&x.parts.headers, envelope.has_security_header, rules);
+    let authorization = x.parts.headers.contains_key(header::AUTHORIZATION);
+    let shareable = may_share(authorization, envelope.has_security_header, rules);
     if !rules.cache || requester.no_store || writes || !shareable {
         return forward(x, Some(op)).await;
     }
@@ -698,11 +752,10 @@ async fn answer_by_key(
 /// is answered from, or stored in, the shared cache only when the policy
 /// says so: `shared = true`, or `Authorization` is one of its vary headers
 /// so that each credential gets its own entries.
-fn may_share(headers: &HeaderMap, has_security_header: bool, rules: &Rules) -> bool {
+fn may_share(authorization: bool, has_security_header: bool, rules: &Rules) -> bool {
     if rules.shared {
         return true;
     }
-    let authorization = headers.contains_key(header::AUTHORIZATION);
     let varies_by_authorization = rules.vary_headers.contains(&header::AUTHORIZATION);
     !has_security_header && (!authorization || varies_by_authorization)
 }
@@ -1238,15 +1291,20 @@ fn is_multipart(headers: &HeaderMap) -> bool {
     content_type_is(headers, "multipart/")
 }
 
-/// Compared as bytes: every request asks, and `to_str` would check the
-/// whole value first.
 fn content_type_is(headers: &HeaderMap, prefix: &str) -> bool {
-    headers.get(header::CONTENT_TYPE).is_some_and(|v| {
-        v.as_bytes()
-            .trim_ascii_start()
-            .get(..prefix.len())
-            .is_some_and(|p| p.eq_ignore_ascii_case(prefix.as_bytes()))
-    })
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| value_starts_with(v, prefix))
+}
+
+/// Compared as bytes, ignoring case: every request asks, and `to_str`
+/// would check the whole value first.
+fn value_starts_with(value: &HeaderValue, prefix: &str) -> bool {
+    value
+        .as_bytes()
+        .trim_ascii_start()
+        .get(..prefix.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(prefix.as_bytes()))
 }
 
 fn mark(headers: &mut HeaderMap, x_cache: &'static str, cache_status: &'static str) {

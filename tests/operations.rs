@@ -255,6 +255,16 @@ async fn each_request_is_one_json_log_line_with_its_fields() {
         .header("x-request-id")
         .expect("a generated request id")
         .to_owned();
+    // A requester's id goes back with a hit too.
+    let own = http
+        .soap_with(
+            &proxy.url("/catalog"),
+            &catalog_request("L-1"),
+            &[("x-request-id", "req-43")],
+        )
+        .await;
+    assert_eq!(own.x_cache(), "HIT");
+    assert_eq!(own.header("x-request-id"), Some("req-43"));
 
     let mut lines = Vec::new();
     for _ in 0..100 {
@@ -264,12 +274,14 @@ async fn each_request_is_one_json_log_line_with_its_fields() {
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
             .filter(|l| l["target"] == "soapcache::access")
             .collect();
-        if lines.len() >= 2 {
+        if lines.len() >= 3 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(lines.len(), 2, "{:?}", proxy.logs());
+    assert_eq!(lines.len(), 3, "{:?}", proxy.logs());
+    assert_eq!(lines[2]["request_id"], "req-43");
+    assert_eq!(lines[2]["result"], "hit");
     let miss = &lines[0];
     assert_eq!(miss["request_id"], "req-42");
     assert_eq!(miss["method"], "POST");
