@@ -35,6 +35,37 @@ pub struct Line<'a> {
     pub bytes: Option<u64>,
 }
 
+/// A field's value, and how the text shape writes it.
+#[derive(Debug, Clone, Copy)]
+enum Value<'a> {
+    /// As it is (tracing's `%field`).
+    Plain(&'a str),
+    /// Quoted and escaped as `Debug` does.
+    Quoted(&'a str),
+    Number(u64),
+}
+
+impl<'a> Line<'a> {
+    /// The fields after the message, in the order both shapes write them.
+    fn fields(&self) -> impl Iterator<Item = (&'static str, Value<'a>)> {
+        [
+            self.request_id.map(|v| ("request_id", Value::Quoted(v))),
+            Some(("method", Value::Plain(self.method))),
+            Some(("path", Value::Quoted(self.path))),
+            self.service.map(|v| ("service", Value::Plain(v))),
+            self.operation.map(|v| ("operation", Value::Quoted(v))),
+            Some(("result", Value::Quoted(self.result))),
+            Some(("status", Value::Number(self.status.into()))),
+            self.upstream_micros
+                .map(|v| ("upstream_micros", Value::Number(v))),
+            Some(("total_micros", Value::Number(self.total_micros))),
+            self.bytes.map(|v| ("bytes", Value::Number(v))),
+        ]
+        .into_iter()
+        .flatten()
+    }
+}
+
 /// Past this many buffered bytes the batch goes out without waiting for
 /// the runtime to idle.
 const FLUSH_AT: usize = 32 * 1024;
@@ -143,16 +174,9 @@ impl Clock {
                 .ok()
                 .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
                 .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-            let _ = write!(
-                self.prefix,
-                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.",
-                t.year(),
-                u8::from(t.month()),
-                t.day(),
-                t.hour(),
-                t.minute(),
-                t.second()
-            );
+            let format =
+                time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].");
+            let _ = t.format_into(&mut self.prefix, format);
         }
         out.extend_from_slice(&self.prefix);
         let micros = since.subsec_micros();
@@ -198,25 +222,12 @@ impl Text<'_> {
         self.dimmed(|out| out.push(b':'));
         self.out.push(b' ');
         self.out.extend_from_slice(line.message.as_bytes());
-        if let Some(id) = line.request_id {
-            self.quoted("request_id", id);
-        }
-        self.plain("method", line.method);
-        self.quoted("path", line.path);
-        if let Some(service) = line.service {
-            self.plain("service", service);
-        }
-        if let Some(operation) = line.operation {
-            self.quoted("operation", operation);
-        }
-        self.quoted("result", line.result);
-        self.number("status", line.status.into());
-        if let Some(micros) = line.upstream_micros {
-            self.number("upstream_micros", micros);
-        }
-        self.number("total_micros", line.total_micros);
-        if let Some(bytes) = line.bytes {
-            self.number("bytes", bytes);
+        for (name, value) in line.fields() {
+            match value {
+                Value::Plain(v) => self.plain(name, v),
+                Value::Quoted(v) => self.quoted(name, v),
+                Value::Number(n) => self.number(name, n),
+            }
         }
         self.out.push(b'\n');
     }
@@ -291,25 +302,11 @@ impl Json<'_> {
         clock.write(self.out, now);
         self.out.extend_from_slice(b"\",\"level\":\"INFO\"");
         self.string("message", line.message);
-        if let Some(id) = line.request_id {
-            self.string("request_id", id);
-        }
-        self.string("method", line.method);
-        self.string("path", line.path);
-        if let Some(service) = line.service {
-            self.string("service", service);
-        }
-        if let Some(operation) = line.operation {
-            self.string("operation", operation);
-        }
-        self.string("result", line.result);
-        self.number("status", line.status.into());
-        if let Some(micros) = line.upstream_micros {
-            self.number("upstream_micros", micros);
-        }
-        self.number("total_micros", line.total_micros);
-        if let Some(bytes) = line.bytes {
-            self.number("bytes", bytes);
+        for (name, value) in line.fields() {
+            match value {
+                Value::Plain(v) | Value::Quoted(v) => self.string(name, v),
+                Value::Number(n) => self.number(name, n),
+            }
         }
         self.string("target", TARGET);
         self.out.extend_from_slice(b"}\n");

@@ -18,6 +18,15 @@ fn raw_connect(addr: std::net::SocketAddr) -> TcpStream {
     stream
 }
 
+/// A SOAP POST of `body` on a keep-alive connection, as bytes to write.
+fn keep_alive_post(body: &str) -> String {
+    format!(
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml; charset=utf-8\r\n\
+         SOAPAction: \"\"\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
 /// Reads until the peer closes or `limit` passes; returns what was read.
 fn read_to_close(stream: &mut TcpStream) -> String {
     let mut out = Vec::new();
@@ -53,11 +62,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_client_timeout() {
     let proxy = Soapcache::serve(&["--upstream", &upstream.url(), "--client-timeout", "1s"]);
     let addr = proxy.proxy;
     let body = catalog_request("IDLE-1");
-    let request = format!(
-        "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml; charset=utf-8\r\n\
-         SOAPAction: \"\"\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
+    let request = keep_alive_post(&body);
     let (answer, closed_after) = tokio::task::spawn_blocking(move || {
         let mut stream = raw_connect(addr);
         stream.write_all(request.as_bytes()).unwrap();
@@ -102,11 +107,7 @@ async fn a_reader_that_stops_reading_is_disconnected() {
     let proxy = Soapcache::serve(&["--upstream", &upstream.url(), "--client-timeout", "1s"]);
     let addr = proxy.proxy;
     let body = catalog_request("STALL-1");
-    let request = format!(
-        "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml; charset=utf-8\r\n\
-         SOAPAction: \"\"\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
+    let request = keep_alive_post(&body);
     let read = tokio::task::spawn_blocking(move || {
         let mut stream = raw_connect(addr);
         stream.write_all(request.as_bytes()).unwrap();
