@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::units::{parse_duration, parse_size};
+use crate::units::{parse_duration, parse_positive_duration, parse_size};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -72,7 +72,7 @@ pub struct ServeArgs {
     pub upstream_timeout: Duration,
     /// Time a client has to send a request head and body; slower clients are cut off,
     /// and a connection idle for as long (nothing sent, nothing read) is closed.
-    #[arg(long, env = "SOAPCACHE_CLIENT_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "SOAPCACHE_CLIENT_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration)]
     pub client_timeout: Duration,
     /// Proxy connections open at once; past it new connections get 503.
     #[arg(long, env = "SOAPCACHE_MAX_CONNECTIONS", default_value_t = 10_000)]

@@ -106,15 +106,7 @@ pub async fn serve<H, F>(
             let connection = builder.serve_connection(io, service).into_owned();
             let connection = graceful.watch(connection);
             tokio::spawn(async move {
-                tokio::select! {
-                    biased;
-                    ended = connection => if let Err(e) = ended {
-                        tracing::debug!("{name}: connection from {remote} ended: {e}");
-                    },
-                    () = watch_idle(&activity, limits.timeout) => {
-                        tracing::debug!("{name}: closing idle connection from {remote}");
-                    }
-                }
+                run_watched(name, remote, connection, &activity, limits.timeout).await;
                 drop(permit);
             });
             continue;
@@ -134,15 +126,8 @@ pub async fn serve<H, F>(
             };
             let io = Watched::new(TokioIo::new(stream), activity.clone());
             let connection = builder.serve_connection(io, service).into_owned();
-            tokio::select! {
-                biased;
-                ended = watcher.watch(connection) => if let Err(e) = ended {
-                    tracing::debug!("{name}: connection from {remote} ended: {e}");
-                },
-                () = watch_idle(&activity, limits.timeout) => {
-                    tracing::debug!("{name}: closing idle connection from {remote}");
-                }
-            }
+            let connection = watcher.watch(connection);
+            run_watched(name, remote, connection, &activity, limits.timeout).await;
             drop(permit);
         });
     }
@@ -161,6 +146,26 @@ async fn refuse(mut stream: tokio::net::TcpStream) {
         let _ = stream.shutdown().await;
     })
     .await;
+}
+
+/// Drives `connection` until it ends or [`watch_idle`] finds it idle;
+/// then it is dropped, which closes it.
+async fn run_watched<E: std::fmt::Display>(
+    name: &str,
+    remote: SocketAddr,
+    connection: impl Future<Output = Result<(), E>>,
+    activity: &Activity,
+    timeout: Duration,
+) {
+    tokio::select! {
+        biased;
+        ended = connection => if let Err(e) = ended {
+            tracing::debug!("{name}: connection from {remote} ended: {e}");
+        },
+        () = watch_idle(activity, timeout) => {
+            tracing::debug!("{name}: closing idle connection from {remote}");
+        }
+    }
 }
 
 /// What a connection's watchdog looks at. The connection sets it as it
@@ -205,7 +210,8 @@ impl Drop for Busy {
 /// hundred of a cache hit's. The watchdog wakes twice per `timeout`, and
 /// costs a request two counter updates.
 async fn watch_idle(activity: &Activity, timeout: Duration) {
-    let period = timeout / 2;
+    // tokio's interval panics on a zero period.
+    let period = (timeout / 2).max(Duration::from_millis(1));
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     let mut idle_periods = 0;
     loop {

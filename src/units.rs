@@ -13,9 +13,27 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text.trim()).map_err(|e| format!("invalid duration '{text}': {e}"))
 }
 
+/// A duration that must not be zero (a time limit of nothing).
+pub fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        Duration::ZERO => Err(format!("invalid duration '{text}': must be more than zero")),
+        duration => Ok(duration),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_positive_duration_is_not_zero() {
+        assert_eq!(
+            parse_positive_duration("500ms"),
+            Ok(Duration::from_millis(500))
+        );
+        assert!(parse_positive_duration("0s").is_err());
+        assert!(parse_duration("0s").is_ok());
+    }
 
     #[test]
     fn sizes_in_binary_units_and_plain_bytes() {

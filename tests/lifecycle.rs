@@ -142,6 +142,11 @@ fn bad_flags_and_missing_upstreams_are_refused_at_startup() {
     ]);
     assert!(!ok);
     assert!(stderr.contains("http://"), "{stderr}");
+
+    // A client timeout of nothing would close every connection at once.
+    let (ok, stderr) = run_serve(&["--client-timeout", "0s", "--upstream", "http://127.0.0.1:1"]);
+    assert!(!ok);
+    assert!(stderr.contains("must be more than zero"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
