@@ -4,8 +4,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use soapcache::access_log;
-use soapcache::cli::{Cli, Command, LogFormat};
+use soapcache::app::cli::{Cli, Command, LogFormat};
+use soapcache::ops::access_log;
 use soapcache::policy::PolicySet;
 
 fn main() -> ExitCode {
@@ -14,17 +14,24 @@ fn main() -> ExitCode {
         Command::Check { policies } => check(&policies),
         Command::Serve(args) => {
             let _flush_on_exit = init_logging(args.log_format, "info");
-            run(soapcache::server::serve(args))
+            run(soapcache::app::server::serve(args))
         }
+        Command::Explain(args) => soapcache::app::explain::run(&soapcache::app::explain::Request {
+            policies: args.policies,
+            path: args.path,
+            headers: args.headers,
+            file: args.file,
+            json: args.json,
+        }),
         Command::Demo(args) => {
             // The demo prints its own report; logs only for problems.
             let _flush_on_exit = init_logging(LogFormat::Text, "warn");
-            run(soapcache::demo::run(args))
+            run(soapcache::app::demo::run(args))
         }
     }
 }
 
-fn run(job: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
+fn run<E: std::fmt::Display>(job: impl std::future::Future<Output = Result<(), E>>) -> ExitCode {
     // On one core (a container limit, `taskset`), a single-threaded runtime
     // does the same work without the work-stealing machinery.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());

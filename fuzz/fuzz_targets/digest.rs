@@ -1,4 +1,4 @@
-//! The default selector (SPEC §3): `canonical::digest` of the operation
+//! The default selector (reference §3): `canonical::digest` of the operation
 //! element must not depend on how the element is written, and must depend
 //! on what it says.
 //!
@@ -21,8 +21,8 @@
 
 use arbitrary::Unstructured;
 use libfuzzer_sys::fuzz_target;
-use soapcache::canonical::digest;
-use soapcache::envelope::parse_request;
+use soapcache::key::canonical::digest;
+use soapcache::soap::envelope::parse_request;
 use soapcache_fuzz::xml::{self, canonical, Choices, Element, Limits, Style};
 
 fn digest_of(op: &Element, xml: &str) -> String {

@@ -1,5 +1,5 @@
 //! `envelope::parse_request` on arbitrary bytes (the request path: every
-//! POST body goes through it, SPEC §2).
+//! POST body goes through it, reference §2).
 //!
 //! Invariants:
 //! * it never panics, and its heap use stays within `alloc::budget(len)`;
@@ -12,8 +12,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use soapcache::canonical::digest;
-use soapcache::envelope::parse_request;
+use soapcache::key::canonical::digest;
+use soapcache::soap::envelope::parse_request;
 use soapcache_fuzz::alloc::{budget, peak_heap};
 
 fuzz_target!(|data: &[u8]| {

@@ -1,4 +1,4 @@
-//! Lifetimes (SPEC §4): `CacheControl/Expires` and `MaxAge` as the service
+//! Lifetimes (reference §4): `CacheControl/Expires` and `MaxAge` as the service
 //! writes them, and `expires_at` combining them with the policy.
 //!
 //! Invariants:
@@ -15,8 +15,8 @@ use std::time::{Duration, SystemTime};
 
 use arbitrary::Unstructured;
 use libfuzzer_sys::fuzz_target;
-use soapcache::control::ControlBlock;
-use soapcache::lifetime::{expires_at, parse_date_time, parse_max_age};
+use soapcache::soap::control::ControlBlock;
+use soapcache::cache::lifetime::{expires_at, parse_date_time, parse_max_age};
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);

@@ -1,4 +1,4 @@
-//! Policy files (SPEC §7): `PolicySet::load` on arbitrary file contents.
+//! Policy files (reference §7): `PolicySet::load` on arbitrary file contents.
 //!
 //! The input is one policy file, or two when it contains a NUL byte (the
 //! text before it is `a.toml`, after it `b.toml`, loaded as a directory, so
@@ -18,7 +18,7 @@
 use std::path::{Path, PathBuf};
 
 use libfuzzer_sys::fuzz_target;
-use soapcache::envelope::parse_request;
+use soapcache::soap::envelope::parse_request;
 use soapcache::policy::PolicySet;
 
 fn scratch() -> PathBuf {

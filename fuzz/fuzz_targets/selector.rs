@@ -1,4 +1,4 @@
-//! Key selectors (SPEC §3): XPath 1.0 `key` expressions, compiled to the
+//! Key selectors (reference §3): XPath 1.0 `key` expressions, compiled to the
 //! streaming plan when they are in its subset and to sxd-xpath otherwise.
 //! Complements the proptest in src/selector.rs.
 //!
@@ -19,8 +19,8 @@
 
 use arbitrary::Unstructured;
 use libfuzzer_sys::fuzz_target;
-use soapcache::envelope::parse_request;
-use soapcache::selector::Selector;
+use soapcache::soap::envelope::parse_request;
+use soapcache::key::selector::Selector;
 use soapcache_fuzz::alloc::{budget, peak_heap};
 use soapcache_fuzz::xml::{self, Choices, Limits, Style};
 use soapcache_fuzz::{policy_namespaces, REQUESTS};

@@ -1,4 +1,4 @@
-//! Responses: `control::inspect_response` + `control::splice` (SPEC §4, §5:
+//! Responses: `control::inspect_response` + `control::splice` (reference §4, §5:
 //! addressed CacheControl blocks are cut out, every other byte stays).
 //!
 //! Each input is used twice:
@@ -21,9 +21,9 @@ use std::time::{Duration, SystemTime};
 use arbitrary::Unstructured;
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use soapcache::control::{inspect_response, kept, splice, ResponseEnvelope};
-use soapcache::lifetime::{expires_at, parse_date_time, parse_max_age};
-use soapcache::store::Entry;
+use soapcache::soap::control::{inspect_response, kept, splice, ResponseEnvelope};
+use soapcache::cache::lifetime::{expires_at, parse_date_time, parse_max_age};
+use soapcache::cache::entry::{Entry, Times};
 use soapcache_fuzz::response::response;
 use soapcache_fuzz::xml::Choices;
 
@@ -60,9 +60,12 @@ fn check(body: &[u8], roles: &[String], info: &ResponseEnvelope) {
     let entry = Entry::new(
         &kept(body, &info.strip),
         None,
-        stored_at,
-        stored_at + Duration::from_secs(60),
-        Duration::ZERO,
+        Times {
+            stored_at: stored_at,
+            expires_at: stored_at + Duration::from_secs(60),
+            stale_if_error: Duration::ZERO,
+            stale_while_revalidate: Duration::ZERO,
+        },
     );
     assert!(
         entry.body() == &expected[..],

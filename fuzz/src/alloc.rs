@@ -66,7 +66,7 @@ pub fn peak_heap<R>(f: impl FnOnce() -> R) -> (R, usize) {
 
 /// The memory budget of request-path parsing for an input of `len` bytes:
 /// generous per input byte plus a constant for fixed-size buffers. Anything
-/// above it is "out of proportion" (SPEC §2) and fails the target.
+/// above it is "out of proportion" (reference §2) and fails the target.
 pub fn budget(len: usize) -> usize {
     64 * len + 256 * 1024
 }

@@ -1,7 +1,7 @@
 //! SOAP responses with `CacheControl` header blocks, generated together
 //! with what `control::inspect_response` must find in them: which blocks
 //! are addressed to soapcache (their exact byte ranges) and the fields of
-//! the first one (SPEC §4, §5).
+//! the first one (reference §4, §5).
 
 use std::ops::Range;
 

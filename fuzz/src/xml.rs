@@ -7,7 +7,7 @@
 //!
 //! Every rendering of one tree is the same infoset, so canonical-form
 //! digests must agree; [`canonical`] says when two trees must share a
-//! digest (SPEC §3: prefixes, attribute order, whitespace-only text between
+//! digest (reference §3: prefixes, attribute order, whitespace-only text between
 //! elements and comments do not count).
 
 use arbitrary::Unstructured;
