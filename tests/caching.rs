@@ -1,4 +1,4 @@
-//! Service-directed caching end to end (SPEC §3–§5): soapcache as a process
+//! Service-directed caching end to end (reference §3–§5): soapcache as a process
 //! between a real HTTP client and a real upstream SOAP service on loopback.
 
 mod support;
@@ -213,7 +213,10 @@ async fn responses_that_have_already_expired_are_not_stored() {
     for _ in 0..2 {
         let answer = http.soap(&proxy.url("/"), &catalog_request("OLD-1")).await;
         assert_eq!(answer.x_cache(), "MISS");
-        assert_eq!(answer.header("cache-status"), Some("soapcache; fwd=miss"));
+        assert_eq!(
+            answer.header("cache-status"),
+            Some("soapcache; fwd=miss; detail=expired")
+        );
         assert!(
             !answer.text().contains("CacheControl"),
             "stripped even when not stored"
@@ -299,7 +302,29 @@ async fn requests_with_credentials_are_neither_answered_from_nor_stored_in_the_c
         )
         .await;
     assert_eq!(with_auth.x_cache(), "BYPASS");
+    assert_eq!(
+        with_auth.header("cache-status"),
+        Some("soapcache; fwd=bypass; detail=credentials")
+    );
     assert_eq!(upstream.count(), 2);
+    // The access log says why, too.
+    let id = with_auth.header("x-request-id").expect("a request id");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let logs = proxy.logs();
+        if let Some(line) = logs.iter().find(|l| l.contains(id)) {
+            assert!(
+                line.contains("result=\"bypass\" detail=\"credentials\""),
+                "{line}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no line for {id}: {logs:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 
     // A credentialed answer is not stored for anyone.
     http.soap_with(
@@ -319,7 +344,12 @@ async fn requests_with_credentials_are_neither_answered_from_nor_stored_in_the_c
         "<soap:Body>",
         "<soap:Header><wsse:Security xmlns:wsse=\"http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd\"><wsse:UsernameToken><wsse:Username>u</wsse:Username></wsse:UsernameToken></wsse:Security></soap:Header><soap:Body>",
     );
-    assert_eq!(http.soap(&url, &wsse).await.x_cache(), "BYPASS");
+    let secured = http.soap(&url, &wsse).await;
+    assert_eq!(secured.x_cache(), "BYPASS");
+    assert_eq!(
+        secured.header("cache-status"),
+        Some("soapcache; fwd=bypass; detail=credentials")
+    );
     assert_eq!(
         http.soap(&url, &catalog_request("C-3")).await.x_cache(),
         "MISS"
@@ -694,4 +724,119 @@ async fn soap_1_1_and_1_2_requesters_never_share_an_entry() {
         "a 1.1 envelope is no answer to a 1.2 requester"
     );
     assert_eq!(upstream.count(), 2);
+}
+
+/// A WS-Addressing-aware catalog: its answer relates to the request's
+/// MessageID and has a MessageID of its own, and is cacheable.
+fn addressed_answer(seen: &Seen) -> Reply {
+    let text = String::from_utf8_lossy(&seen.body).into_owned();
+    let request_id = text
+        .find("</wsa:MessageID>")
+        .map(|end| {
+            let start = text[..end].rfind('>').map_or(end, |s| s + 1);
+            text[start..end].to_owned()
+        })
+        .unwrap_or_default();
+    Reply::xml(
+        200,
+        format!(
+            "<soap:Envelope xmlns:soap=\"{SOAP11}\" xmlns:wsa=\"http://www.w3.org/2005/08/addressing\"><soap:Header>\
+<wsa:Action>urn:price/Response</wsa:Action><wsa:MessageID>urn:uuid:service-answer-1</wsa:MessageID>\
+<wsa:RelatesTo>{request_id}</wsa:RelatesTo>{}</soap:Header><soap:Body>\
+<c:CatalogPriceResponse xmlns:c=\"{CATALOG}\"><c:Price>9.99</c:Price></c:CatalogPriceResponse></soap:Body></soap:Envelope>",
+            control_block(&part_of(&seen.body), &in_one_hour())
+        ),
+    )
+}
+
+fn addressed_request(part: &str, message_id: Option<&str>) -> String {
+    let header = message_id.map_or(String::new(), |id| {
+        format!("<soap:Header><wsa:MessageID xmlns:wsa=\"http://www.w3.org/2005/08/addressing\">{id}</wsa:MessageID></soap:Header>")
+    });
+    format!(
+        "<soap:Envelope xmlns:soap=\"{SOAP11}\" xmlns:c=\"{CATALOG}\">{header}<soap:Body>\
+<c:CatalogPriceRequest><c:PartNumber>{part}</c:PartNumber></c:CatalogPriceRequest></soap:Body></soap:Envelope>"
+    )
+}
+
+fn between<'t>(text: &'t str, open: &str, close: &str) -> Option<&'t str> {
+    text.split(open).nth(1)?.split(close).next()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hit_relates_to_this_requests_message_id_and_has_a_fresh_one() {
+    let upstream = Upstream::start(addressed_answer).await;
+    let proxy = serve_in_front_of(&upstream);
+    let http = Http::default();
+    let url = proxy.url("/");
+
+    let first = http
+        .soap(&url, &addressed_request("W-1", Some("urn:uuid:first")))
+        .await;
+    assert_eq!(first.x_cache(), "MISS");
+    let first_text = first.text();
+    assert_eq!(
+        between(&first_text, "<wsa:RelatesTo>", "</wsa:RelatesTo>"),
+        Some("urn:uuid:first")
+    );
+
+    let second = http
+        .soap(&url, &addressed_request("W-1", Some("urn:uuid:second")))
+        .await;
+    assert_eq!(second.x_cache(), "HIT");
+    let text = second.text();
+    assert_eq!(
+        between(&text, "<wsa:RelatesTo>", "</wsa:RelatesTo>"),
+        Some("urn:uuid:second")
+    );
+    let message_id = between(&text, "<wsa:MessageID>", "</wsa:MessageID>").unwrap();
+    assert!(
+        message_id.starts_with("urn:uuid:") && message_id != "urn:uuid:service-answer-1",
+        "{message_id}"
+    );
+    // Every other byte as stored.
+    let normalize = |t: &str, relates: &str, id: &str| t.replace(relates, "R").replace(id, "M");
+    assert_eq!(
+        normalize(&text, "urn:uuid:second", message_id),
+        normalize(&first_text, "urn:uuid:first", "urn:uuid:service-answer-1")
+    );
+
+    // A byte-identical repeat (answered by the fast path) too.
+    let again = http
+        .soap(&url, &addressed_request("W-1", Some("urn:uuid:second")))
+        .await;
+    assert_eq!(again.x_cache(), "HIT");
+    let again_text = again.text();
+    assert_eq!(
+        between(&again_text, "<wsa:RelatesTo>", "</wsa:RelatesTo>"),
+        Some("urn:uuid:second")
+    );
+    assert_ne!(
+        between(&again_text, "<wsa:MessageID>", "</wsa:MessageID>"),
+        Some(message_id),
+        "fresh every time"
+    );
+
+    // A requester without a MessageID gets no RelatesTo at all.
+    let anonymous = http.soap(&url, &addressed_request("W-1", None)).await;
+    assert_eq!(anonymous.x_cache(), "HIT");
+    assert!(
+        !anonymous.text().contains("RelatesTo"),
+        "{}",
+        anonymous.text()
+    );
+    assert!(anonymous
+        .text()
+        .contains("<wsa:Action>urn:price/Response</wsa:Action>"));
+    // Ids with characters XML escapes come back escaped.
+    let odd = http
+        .soap(&url, &addressed_request("W-1", Some("urn:x:a&amp;b")))
+        .await;
+    assert!(
+        odd.text()
+            .contains("<wsa:RelatesTo>urn:x:a&amp;b</wsa:RelatesTo>"),
+        "{}",
+        odd.text()
+    );
+    assert_eq!(upstream.count(), 1);
 }

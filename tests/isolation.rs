@@ -1,17 +1,18 @@
-//! Isolation, as a property (SPEC §3–§5): whatever the interleaving, an
+//! Isolation, as a property (reference §3–§5): whatever the interleaving, an
 //! answer soapcache gives belongs to the request it answers.
 //!
 //! A seeded xorshift generates a few thousand requests, sent concurrently
 //! in batches, with random part numbers (a small key space, so hits
-//! happen), random `X-Tenant` values, random credentials and random
-//! prefix / whitespace / attribute-order variants of the same request.
-//! The policy varies `CatalogPriceRequest` by tenant, leaves `StockRequest`
-//! shared by every tenant, and varies `AccountRequest` by `Authorization`
-//! and tenant. The upstream echoes everything that identifies the request
-//! (operation, part, every tenant and authorization value, a serial number)
-//! and marks each answer cacheable with `CacheKey` = the part number alone:
-//! deliberately *not* unique per tenant or credential, so that only
-//! soapcache's scoping by vary values keeps answers apart.
+//! happen), random `X-Tenant` values, random credentials and cookies, and
+//! random prefix / whitespace / attribute-order variants of the same
+//! request. The policy varies `CatalogPriceRequest` by tenant, leaves
+//! `StockRequest` shared by every tenant, and varies `AccountRequest` by
+//! `Authorization`, tenant and `Cookie`. The upstream echoes everything that
+//! identifies the request (operation, part, every tenant, authorization and
+//! cookie value, a serial number), opens a session (`Set-Cookie`) on some
+//! answers at random, and marks each answer cacheable with `CacheKey` = the
+//! part number alone: deliberately *not* unique per tenant or credential, so
+//! that only soapcache's scoping by vary values keeps answers apart.
 //!
 //! `ISOLATION_SEED=n` replays a seed (the interleaving still depends on
 //! scheduling); `ISOLATION_REQUESTS=n` changes the number of requests.
@@ -31,7 +32,8 @@ enum Op {
     Price,
     /// Varies by nothing: one answer for every tenant; not shared with credentials.
     Stock,
-    /// Varies by `Authorization` and `X-Tenant`: cached per credential.
+    /// Varies by `Authorization`, `X-Tenant` and `Cookie`: cached per
+    /// credential.
     Account,
 }
 
@@ -74,7 +76,7 @@ element = "c:StockRequest"
 
 [[operation]]
 element      = "c:AccountRequest"
-vary_headers = ["Authorization", "X-Tenant"]
+vary_headers = ["Authorization", "X-Tenant", "Cookie"]
 "#;
 
 const PARTS: &[&str] = &["P-0", "P-1", "P-2", "P-3", "P-4", "P-5", "P-6"];
@@ -87,6 +89,19 @@ const CREDENTIALS: &[Option<&str>] = &[
     Some("Bearer bob"),
     Some("bearer alice"),
 ];
+/// Rarer than credentials: a cookie keeps most operations out of the cache.
+const COOKIES: &[Option<&str>] = &[
+    None,
+    None,
+    None,
+    None,
+    None,
+    None,
+    None,
+    None,
+    Some("JSESSIONID=alice"),
+    Some("JSESSIONID=bob"),
+];
 
 /// One generated request.
 #[derive(Debug, Clone)]
@@ -96,6 +111,7 @@ struct Generated {
     part: &'static str,
     tenant: Option<&'static str>,
     auth: Option<&'static str>,
+    cookie: Option<&'static str>,
     style: u64,
     cache_control: Option<&'static str>,
 }
@@ -109,6 +125,7 @@ impl Generated {
             part: PARTS[rng.below(PARTS.len() as u64) as usize],
             tenant: *rng.pick(TENANTS),
             auth: *rng.pick(CREDENTIALS),
+            cookie: *rng.pick(COOKIES),
             style: rng.below(STYLES),
             cache_control: match rng.below(100) {
                 0..=2 => Some("no-cache"),
@@ -132,9 +149,14 @@ impl Generated {
         self.auth.map_or_else(String::new, |a| format!("[{a}]"))
     }
 
+    fn cookie_echo(&self) -> String {
+        self.cookie.map_or_else(String::new, |c| format!("[{c}]"))
+    }
+
     /// The `X-Cache` values this request may be answered with.
     fn expected_x_cache(&self) -> &'static [&'static str] {
-        let shareable = self.auth.is_none() || self.op.cached_with_credentials();
+        let credentials = self.auth.is_some() || self.cookie.is_some();
+        let shareable = !credentials || self.op.cached_with_credentials();
         match self.cache_control {
             _ if !shareable => &["BYPASS"],
             Some("no-store") => &["BYPASS"],
@@ -146,7 +168,7 @@ impl Generated {
 
 const STYLES: u64 = 6;
 
-/// The same request in one of `STYLES` spellings that SPEC §3 says share a
+/// The same request in one of `STYLES` spellings that reference §3 says share a
 /// key: other prefixes, a default namespace, declarations elsewhere,
 /// indentation, comments, attribute order.
 fn request_body(op: &str, part: &str, style: u64) -> String {
@@ -199,12 +221,18 @@ fn bracketed(seen: &Seen, name: &str) -> String {
         .collect()
 }
 
-/// The echoing upstream. Returns it and the map from serial number to the
-/// body the requester must receive (the sent body less its `CacheControl`).
-async fn echo_upstream(seed: u64) -> (Upstream, Arc<Mutex<HashMap<usize, String>>>) {
+/// The serial numbers of the answers that set a cookie.
+type Sessions = Arc<Mutex<std::collections::HashSet<usize>>>;
+
+/// The echoing upstream. Returns it, the map from serial number to the
+/// body the requester must receive (the sent body less its `CacheControl`),
+/// and the answers that opened a session.
+async fn echo_upstream(seed: u64) -> (Upstream, Arc<Mutex<HashMap<usize, String>>>, Sessions) {
     let serials = Arc::new(AtomicUsize::new(0));
     let expected: Arc<Mutex<HashMap<usize, String>>> = Arc::default();
     let record = expected.clone();
+    let sessions: Sessions = Arc::default();
+    let opened = sessions.clone();
     let delays = Arc::new(Mutex::new(Rng::new(seed ^ 0x9E37_79B9_7F4A_7C15)));
     let upstream = Upstream::start(move |seen| {
         let serial = serials.fetch_add(1, Ordering::SeqCst) + 1;
@@ -213,19 +241,28 @@ async fn echo_upstream(seed: u64) -> (Upstream, Arc<Mutex<HashMap<usize, String>
         let part = part_in(&body);
         let tenant = bracketed(seen, "x-tenant");
         let auth = bracketed(seen, "authorization");
+        let cookie = bracketed(seen, "cookie");
         let control = control_block(&part, &in_one_hour());
         let answer = |control: &str| {
             format!(
-                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<soap:Envelope xmlns:soap=\"{SOAP11}\"><soap:Header>{control}</soap:Header><soap:Body><c:{op}Response xmlns:c=\"{CATALOG}\"><c:PartNumber>{part}</c:PartNumber><c:Tenant>{tenant}</c:Tenant><c:Auth>{auth}</c:Auth><c:Serial>{serial}</c:Serial></c:{op}Response></soap:Body></soap:Envelope>\n"
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<soap:Envelope xmlns:soap=\"{SOAP11}\"><soap:Header>{control}</soap:Header><soap:Body><c:{op}Response xmlns:c=\"{CATALOG}\"><c:PartNumber>{part}</c:PartNumber><c:Tenant>{tenant}</c:Tenant><c:Auth>{auth}</c:Auth><c:Cookie>{cookie}</c:Cookie><c:Serial>{serial}</c:Serial></c:{op}Response></soap:Body></soap:Envelope>\n"
             )
         };
         record.lock().unwrap().insert(serial, answer(""));
         // 0–4 ms: long enough for identical requests to overlap and coalesce.
-        let delay = Duration::from_micros(delays.lock().unwrap().below(4000));
-        Reply::xml(200, answer(&control)).after(delay)
+        let (delay, session) = {
+            let mut rng = delays.lock().unwrap();
+            (Duration::from_micros(rng.below(4000)), rng.below(16) == 0)
+        };
+        let reply = Reply::xml(200, answer(&control)).after(delay);
+        if session {
+            opened.lock().unwrap().insert(serial);
+            return reply.header("set-cookie", &format!("JSESSIONID=s{serial}; Path=/"));
+        }
+        reply
     })
     .await;
-    (upstream, expected)
+    (upstream, expected, sessions)
 }
 
 #[derive(Debug, Default)]
@@ -235,26 +272,80 @@ struct Tally {
     by_op: BTreeMap<String, BTreeMap<String, usize>>,
     credentialed: usize,
     credentialed_hits: usize,
+    cookie_hits: usize,
+    sessions_opened: usize,
     tenant_checked: usize,
     coalesced: usize,
 }
 
 /// soapcache in front of `upstream` with the test's policy (kept in a
 /// scratch file that lives as long as the returned guard).
-fn serve_with_policy(name: &str, upstream: &Upstream) -> (Soapcache, ScratchFile) {
+fn serve_with_policy(name: &str, upstream: &Upstream, extra: &[&str]) -> (Soapcache, ScratchFile) {
     let policy = ScratchFile::new(name, "iso.toml", POLICY);
-    let proxy = Soapcache::serve(&[
-        "--policies",
-        policy.path_str(),
-        "--upstream",
-        &upstream.url(),
-    ]);
+    let upstream = upstream.url();
+    let mut args = vec!["--policies", policy.path_str(), "--upstream", &upstream];
+    args.extend_from_slice(extra);
+    let proxy = Soapcache::serve(&args);
     (proxy, policy)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_answer_belongs_to_the_request_it_answers() {
     let seed = Rng::seed_from_env("ISOLATION_SEED");
+    let (upstream, expected_bodies, sessions) = echo_upstream(seed).await;
+    let (proxy, _policy) = serve_with_policy("isolation", &upstream, &[]);
+    check_isolation(seed, &[&proxy], &upstream, &expected_bodies, &sessions).await;
+}
+
+/// The same property across two instances sharing one Redis (reference
+/// §13): requests alternate between them, so that entries one stored answer
+/// the other's requests, and flushes sent to one reach the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_answer_belongs_to_the_request_it_answers_across_two_instances_sharing_redis() {
+    let Some(redis) = support::servers::RedisServer::start() else {
+        return;
+    };
+    let seed = Rng::seed_from_env("ISOLATION_SEED");
+    let (upstream, expected_bodies, sessions) = echo_upstream(seed).await;
+    let shared = [
+        "--shared-cache",
+        &redis.url(),
+        "--shared-cache-timeout",
+        "1s",
+    ];
+    let (a, _policy_a) = serve_with_policy("isolation-fleet-a", &upstream, &shared);
+    let (b, _policy_b) = serve_with_policy("isolation-fleet-b", &upstream, &shared);
+    let http = Http::default();
+    for proxy in [&a, &b] {
+        let up = eventually(Duration::from_secs(10), || async {
+            let text = http.admin("GET", &proxy.admin_url("/metrics")).await.text();
+            metric(&text, "soapcache_shared_cache_up") == Some(1.0)
+        })
+        .await;
+        assert!(up, "an instance did not connect to Redis");
+    }
+    check_isolation(seed, &[&a, &b], &upstream, &expected_bodies, &sessions).await;
+    let shared_hits: f64 = {
+        let mut sum = 0.0;
+        for proxy in [&a, &b] {
+            let text = http.admin("GET", &proxy.admin_url("/metrics")).await.text();
+            sum += metric(&text, "soapcache_shared_cache_hits_total").unwrap_or(0.0);
+        }
+        sum
+    };
+    println!("isolation: {shared_hits} answers from the shared tier");
+    assert!(shared_hits > 0.0, "the shared tier answered nothing");
+}
+
+/// Sends the generated requests, spread over `fleet`, and checks every
+/// answer against the request it answers.
+async fn check_isolation(
+    seed: u64,
+    fleet: &[&Soapcache],
+    upstream: &Upstream,
+    expected_bodies: &Arc<Mutex<HashMap<usize, String>>>,
+    sessions: &Sessions,
+) {
     let total: usize = std::env::var("ISOLATION_REQUESTS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -265,9 +356,7 @@ async fn every_answer_belongs_to_the_request_it_answers() {
     const FLUSH_EVERY: usize = 12;
     println!("isolation: seed {seed} (replay with ISOLATION_SEED={seed}), {total} requests");
 
-    let (upstream, expected_bodies) = echo_upstream(seed).await;
-    let (proxy, _policy) = serve_with_policy("isolation", &upstream);
-    let url = proxy.url("/iso");
+    let urls: Vec<String> = fleet.iter().map(|p| p.url("/iso")).collect();
     let http = Http::default();
 
     let mut rng = Rng::new(seed);
@@ -287,13 +376,15 @@ async fn every_answer_belongs_to_the_request_it_answers() {
         // Now and then, empty the cache: the next batch is then mostly
         // concurrent misses for the same keys, which soapcache coalesces.
         if n % FLUSH_EVERY == FLUSH_EVERY - 1 {
-            let flushed = http.admin("DELETE", &proxy.admin_url("/cache")).await;
+            let through = fleet[n % fleet.len()];
+            let flushed = http.admin("DELETE", &through.admin_url("/cache")).await;
             assert_eq!(flushed.status, 200);
             flushes += 1;
         }
         let mut set = tokio::task::JoinSet::new();
         for request in batch {
-            let (http, url, request) = (http.clone(), url.clone(), request.clone());
+            let url = urls[request.index % urls.len()].clone();
+            let (http, request) = (http.clone(), request.clone());
             set.spawn(async move {
                 let mut headers: Vec<(&str, &str)> = vec![
                     ("content-type", "text/xml; charset=utf-8"),
@@ -304,6 +395,9 @@ async fn every_answer_belongs_to_the_request_it_answers() {
                 }
                 if let Some(a) = request.auth {
                     headers.push(("authorization", a));
+                }
+                if let Some(c) = request.cookie {
+                    headers.push(("cookie", c));
                 }
                 if let Some(cc) = request.cache_control {
                     headers.push(("cache-control", cc));
@@ -321,15 +415,17 @@ async fn every_answer_belongs_to_the_request_it_answers() {
 
     // Every answer, checked against the request it answers.
     let expected_bodies = expected_bodies.lock().unwrap().clone();
+    let sessions = sessions.lock().unwrap().clone();
     let mut failures: Vec<String> = Vec::new();
     let mut fail = |r: &Generated, a: &Answer, what: String| {
         failures.push(format!(
-            "#{} {:?} part {} tenant {:?} auth {:?} style {} cc {:?} → {} {}: {what}\n    body: {}",
+            "#{} {:?} part {} tenant {:?} auth {:?} cookie {:?} style {} cc {:?} → {} {}: {what}\n    body: {}",
             r.index,
             r.op,
             r.part,
             r.tenant,
             r.auth,
+            r.cookie,
             r.style,
             r.cache_control,
             a.status,
@@ -396,10 +492,42 @@ async fn every_answer_belongs_to_the_request_it_answers() {
                 tally.credentialed_hits += 1;
             }
         }
+        // The same for cookies.
+        let cookie = field(&text, "Cookie").unwrap_or("?");
+        if cookie != r.cookie_echo() {
+            fail(r, a, format!("the answer was made for cookie {cookie:?}"));
+        }
+        if r.cookie.is_some() && a.x_cache() == "HIT" {
+            tally.cookie_hits += 1;
+        }
         let Some(serial) = field(&text, "Serial").and_then(|s| s.parse::<usize>().ok()) else {
             fail(r, a, "no serial number".into());
             continue;
         };
+        // A session is its requester's alone: never stored, never replayed.
+        let set_cookie = a.header("set-cookie");
+        if sessions.contains(&serial) {
+            tally.sessions_opened += 1;
+            if a.x_cache() == "HIT" {
+                fail(
+                    r,
+                    a,
+                    format!("answered from #{serial}, which opened a session"),
+                );
+            } else if set_cookie != Some(format!("JSESSIONID=s{serial}; Path=/").as_str()) {
+                fail(
+                    r,
+                    a,
+                    format!("its own session cookie was lost: {set_cookie:?}"),
+                );
+            }
+        } else if set_cookie.is_some() {
+            fail(
+                r,
+                a,
+                format!("a Set-Cookie it was not sent: {set_cookie:?}"),
+            );
+        }
         match expected_bodies.get(&serial) {
             Some(body) if *body == text => {}
             Some(_) => fail(
@@ -423,12 +551,17 @@ async fn every_answer_belongs_to_the_request_it_answers() {
     let forwarded: usize = forwarded_serials.values().sum();
     let upstream_requests = upstream.count();
 
-    let stats = json(
-        &Http::default()
-            .admin("GET", &proxy.admin_url("/stats"))
-            .await,
-    );
-    let service = &stats["services"]["iso"];
+    // Each instance's figures, summed.
+    let mut service = serde_json::json!({"hits": 0, "misses": 0, "bypasses": 0, "errors": 0});
+    for proxy in fleet {
+        let stats = json(&http.admin("GET", &proxy.admin_url("/stats")).await);
+        for field in ["hits", "misses", "bypasses", "errors"] {
+            let sum = service[field].as_u64().unwrap_or(0)
+                + stats["services"]["iso"][field].as_u64().unwrap_or(0);
+            service[field] = sum.into();
+        }
+    }
+    let service = &service;
     println!(
         "isolation: {} requests in {:.1} s ({:.0}/s), batches of {BATCH}, {flushes} cache flushes, {} upstream requests",
         tally.requests,
@@ -441,8 +574,13 @@ async fn every_answer_belongs_to_the_request_it_answers() {
         println!("isolation:   {op:8} {counts:?}");
     }
     println!(
-        "isolation: {} tenant-scoped answers checked, {} credentialed requests ({} HITs), {} coalesced HITs",
-        tally.tenant_checked, tally.credentialed, tally.credentialed_hits, tally.coalesced
+        "isolation: {} tenant-scoped answers checked, {} credentialed requests ({} HITs), {} HITs with a cookie, {} sessions opened, {} coalesced HITs",
+        tally.tenant_checked,
+        tally.credentialed,
+        tally.credentialed_hits,
+        tally.cookie_hits,
+        tally.sessions_opened,
+        tally.coalesced
     );
     println!(
         "isolation: soapcache /stats for the service: hits {} misses {} bypasses {} errors {}",
@@ -488,9 +626,10 @@ async fn every_answer_belongs_to_the_request_it_answers() {
         "too few hits to test anything: {tally:?}"
     );
     assert!(
-        tally.credentialed_hits > 0,
-        "no credentialed hit: {tally:?}"
+        tally.credentialed_hits > 0 && tally.cookie_hits > 0,
+        "no credentialed hit, or none with a cookie: {tally:?}"
     );
+    assert!(tally.sessions_opened > 0, "no session opened: {tally:?}");
     assert!(count("BYPASS") > 0 && count("MISS") > 0, "{tally:?}");
 }
 
@@ -501,8 +640,8 @@ async fn every_answer_belongs_to_the_request_it_answers() {
 /// in the entry every `t1` requester reads.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_repeated_vary_header_is_keyed_by_all_its_values() {
-    let (upstream, _) = echo_upstream(1).await;
-    let (proxy, _policy) = serve_with_policy("isolation-repeated", &upstream);
+    let (upstream, _, _) = echo_upstream(1).await;
+    let (proxy, _policy) = serve_with_policy("isolation-repeated", &upstream, &[]);
     let url = proxy.url("/iso");
     let http = Http::default();
     let ct = ("content-type", "text/xml; charset=utf-8");
@@ -543,13 +682,13 @@ async fn a_repeated_vary_header_is_keyed_by_all_its_values() {
     assert!(report.is_empty(), "{}", report.join("\n"));
 }
 
-/// The spellings the property test mixes are one request to SPEC §3: after
+/// The spellings the property test mixes are one request to reference §3: after
 /// the first, every other spelling is a HIT on the same entry. (Without
 /// this, the property test could pass by never sharing anything.)
 #[tokio::test(flavor = "multi_thread")]
 async fn the_spellings_the_property_test_mixes_share_one_entry() {
-    let (upstream, _) = echo_upstream(2).await;
-    let (proxy, _policy) = serve_with_policy("isolation-spellings", &upstream);
+    let (upstream, _, _) = echo_upstream(2).await;
+    let (proxy, _policy) = serve_with_policy("isolation-spellings", &upstream, &[]);
     let url = proxy.url("/iso");
     let http = Http::default();
     let headers = [

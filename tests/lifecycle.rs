@@ -1,4 +1,4 @@
-//! Starting, failing upstreams and stopping (SPEC §1, §2).
+//! Starting, failing upstreams and stopping (reference §1, §2).
 
 mod support;
 
@@ -274,4 +274,41 @@ async fn a_path_no_policy_routes_without_a_default_upstream_gets_a_502_fault() {
         200
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_policy_that_queues_needs_a_data_dir_said_in_one_line() {
+    let orders = concat!(env!("CARGO_MANIFEST_DIR"), "/policies/orders.toml");
+    let (ok, stderr) = run_serve(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--policies",
+        orders,
+    ]);
+    assert!(!ok);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("PlaceOrder") && stderr.contains("--data-dir"),
+        "{stderr}"
+    );
+
+    // With one, the shipped example serves: an order is queued.
+    let data = DataDir::new("orders-example");
+    let proxy = Soapcache::serve(&["--policies", orders, "--data-dir", data.path_str()]);
+    let order = "<soap:Envelope xmlns:soap=\"http://schemas.xmlsoap.org/soap/envelope/\"><soap:Body>\
+<o:PlaceOrder xmlns:o=\"urn:example:orders\"><o:CustomerId>C-42</o:CustomerId><o:OrderRef>R-1</o:OrderRef></o:PlaceOrder>\
+</soap:Body></soap:Envelope>";
+    let answer = Http::default().soap(&proxy.url("/orders"), order).await;
+    assert_eq!(answer.status, 202, "{}", answer.text());
+    assert!(data.0.join("queue.sqlite3").is_file());
+
+    // An unknown queue backend is refused by the flag parser.
+    let (ok, stderr) = run_serve(&["--queue", "kafka://x", "--upstream", "http://127.0.0.1:1"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("neither `embedded` nor an amqp://"),
+        "{stderr}"
+    );
 }

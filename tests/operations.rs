@@ -1,5 +1,5 @@
 //! What an operator sees: metrics that match the traffic, /stats, the
-//! per-request log line (text and JSON), request ids (SPEC §8).
+//! per-request log line (text and JSON), request ids (reference §8).
 
 mod support;
 

@@ -1,4 +1,4 @@
-//! Policy-directed caching end to end (SPEC §3, §4, §7, §8): policy files
+//! Policy-directed caching end to end (reference §3, §4, §7, §8): policy files
 //! written to a scratch directory, the real soapcache binary started with
 //! `--policies`, a real HTTP client and real upstream SOAP services on
 //! loopback. The upstreams send no `CacheControl` unless a test says so:
@@ -179,24 +179,6 @@ async fn x_cache(http: &Http, url: &str, op: &str, part: &str) -> String {
         .to_owned()
 }
 
-/// Polls `probe` every 50 ms until it returns true, at most `limit`.
-async fn eventually<F, Fut>(limit: Duration, mut probe: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if probe().await {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn metrics(http: &Http, proxy: &Soapcache) -> String {
     let answer = http.admin("GET", &proxy.admin_url("/metrics")).await;
     assert_eq!(answer.status, 200);
@@ -220,7 +202,7 @@ fn requests_total(metrics: &str, service: &str, operation: &str, result: &str) -
 }
 
 // ---------------------------------------------------------------------------
-// Keys (SPEC §3)
+// Keys (reference §3)
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_xpath_key_matches_requests_that_differ_only_in_prefixes_and_indentation() {
@@ -403,7 +385,7 @@ async fn debug_logging_names_the_cache_key_of_every_stored_answer() {
 }
 
 // ---------------------------------------------------------------------------
-// What is stored, and for how long (SPEC §4)
+// What is stored, and for how long (reference §4)
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_ttl_caches_answers_that_carry_no_cache_control() {
@@ -432,7 +414,10 @@ async fn a_ttl_caches_answers_that_carry_no_cache_control() {
     for _ in 0..2 {
         let answer = http.soap(&url, &request("NoTtl", "A")).await;
         assert_eq!(answer.x_cache(), "MISS");
-        assert_eq!(answer.header("cache-status"), Some("soapcache; fwd=miss"));
+        assert_eq!(
+            answer.header("cache-status"),
+            Some("soapcache; fwd=miss; detail=no-lifetime")
+        );
     }
     assert_eq!(upstream.count(), 3);
 }
@@ -459,7 +444,10 @@ async fn cache_false_never_caches_even_when_the_service_says_so() {
         let answer = http.soap(&url, &request("Live", "L-1")).await;
         assert_eq!(answer.status, 200);
         assert_eq!(answer.x_cache(), "BYPASS");
-        assert_eq!(answer.header("cache-status"), Some("soapcache; fwd=bypass"));
+        assert_eq!(
+            answer.header("cache-status"),
+            Some("soapcache; fwd=bypass; detail=cache-false")
+        );
         assert!(
             !answer.text().contains("CacheControl"),
             "stripped even though not cached: {}",
@@ -494,7 +482,10 @@ async fn honor_cache_control_false_ignores_the_service_block_but_still_strips_it
     for _ in 0..2 {
         let answer = http.soap(&url, &request("NoTtl", "H-1")).await;
         assert_eq!(answer.x_cache(), "MISS");
-        assert_eq!(answer.header("cache-status"), Some("soapcache; fwd=miss"));
+        assert_eq!(
+            answer.header("cache-status"),
+            Some("soapcache; fwd=miss; detail=no-lifetime")
+        );
         assert!(!answer.text().contains("CacheControl"), "{}", answer.text());
         assert!(answer.text().contains("<s:Header></s:Header>"));
     }
@@ -1002,7 +993,7 @@ async fn the_longest_route_prefix_picks_the_service_and_unrouted_paths_go_to_the
 }
 
 // ---------------------------------------------------------------------------
-// stale_if_error (SPEC §5)
+// stale_if_error (reference §5)
 
 /// How the failing upstream answers: 0 normally, 1 a 503 with a non-SOAP
 /// body, 2 a SOAP fault with HTTP 500, 3 too slowly.
@@ -1136,7 +1127,7 @@ async fn stale_if_error_covers_a_service_that_cannot_be_reached() {
 }
 
 // ---------------------------------------------------------------------------
-// Reload (SPEC §7, §8)
+// Reload (reference §7, §8)
 
 fn reload_policy(rules: &str) -> String {
     format!(
@@ -1353,7 +1344,7 @@ async fn cache_control_for_a_role_the_policy_plays_is_obeyed_and_stripped_and_ot
 }
 
 // ---------------------------------------------------------------------------
-// SPEC extensions
+// Extensions to the contract (docs/reference.md)
 
 #[tokio::test(flavor = "multi_thread")]
 async fn defaults_may_hold_operation_rules_and_elements_may_be_written_as_uri_names() {

@@ -89,8 +89,22 @@ const EXPECTED: &[(&str, usize, &str)] = &[
     ("syntax.toml", 5, "invalid basic string"),
     // unknown keys and sections
     ("unknown_keys.toml", 4, "unknown key 'colour' in [service]"),
-    ("unknown_keys.toml", 8, "unknown key 'tll' in [[operation]]"),
-    ("unknown_keys.toml", 10, "unknown section 'caching'"),
+    // ... with the nearest known key, when one is near
+    (
+        "unknown_keys.toml",
+        8,
+        "unknown key 'tll' in [[operation]]; did you mean 'ttl'?",
+    ),
+    (
+        "unknown_keys.toml",
+        10,
+        "unknown section 'caching' (allowed",
+    ),
+    (
+        "unknown_keys.toml",
+        15,
+        "unknown key 'vary_header' in [[operation]]; did you mean 'vary_headers'?",
+    ),
     // missing required keys
     (
         "missing_key.toml",
@@ -160,6 +174,47 @@ const EXPECTED: &[(&str, usize, &str)] = &[
         15,
         "invalidate target 'GetNothing' is not an [[operation]] of this service",
     ),
+    // queued delivery: bad values and settings that contradict each other
+    (
+        "delivery.toml",
+        8,
+        "max_retry_backoff (1s) is shorter than retry_backoff (10s)",
+    ),
+    (
+        "delivery.toml",
+        12,
+        "delivery: 'later' is not \"direct\" or \"queued\"",
+    ),
+    (
+        "delivery.toml",
+        17,
+        "max_attempts: 0 is not a number of attempts",
+    ),
+    (
+        "delivery.toml",
+        18,
+        "deliver_within: must be more than zero",
+    ),
+    (
+        "delivery.toml",
+        19,
+        "order_by: invalid XPath 'string(q:Id)': undefined namespace prefix 'q'",
+    ),
+    (
+        "delivery.toml",
+        20,
+        "ttl has no effect on a queued operation",
+    ),
+    (
+        "delivery.toml",
+        24,
+        "max_attempts applies only to queued operations, and this one has delivery = \"direct\"",
+    ),
+    (
+        "delivery.toml",
+        29,
+        "invalidate target 'Send' is a queued operation",
+    ),
     // between files
     (
         "same_name_b.toml",
@@ -170,6 +225,22 @@ const EXPECTED: &[(&str, usize, &str)] = &[
         "same_route_b.toml",
         4,
         "route '/shared' is also the route of service 'route-a'",
+    ),
+    (
+        "messaging.toml",
+        3,
+        "is under /.results, soapcache's own path",
+    ),
+    ("messaging.toml", 9, "dedup: "),
+    (
+        "messaging.toml",
+        10,
+        "reply_to_allowed: 'ftp://clients/*' is not an http:// or https:// URL",
+    ),
+    (
+        "messaging.toml",
+        14,
+        "message_id has no effect on a direct operation without dedup",
     ),
 ];
 

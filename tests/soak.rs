@@ -1,4 +1,4 @@
-//! A bounded soak (SPEC §2, §4, §5, §8): the real soapcache binary under
+//! A bounded soak (reference §2, §4, §5, §8): the real soapcache binary under
 //! mixed load from concurrent clients, in front of an upstream that injects
 //! faults at random, with a cache small enough that eviction never stops.
 //!
@@ -435,7 +435,8 @@ fn check(kind: Kind, part: &str, answer: &Answer) -> Result<(), String> {
         // Bad requests: a fault from soapcache, never forwarded.
         (Kind::Malformed11 | Kind::TooDeep, 500) => is_own_fault(answer, "soap:Client"),
         (Kind::Malformed12, 400) => is_own_fault(answer, "env:Sender"),
-        (Kind::NotXml | Kind::Dtd, 400) => is_own_fault(answer, "Client"),
+        // Sent as text/xml: the version is SOAP 1.1, so 500 (reference §2).
+        (Kind::NotXml | Kind::Dtd, 500) => is_own_fault(answer, "soap:Client"),
         (Kind::TooLarge, 413) => is_own_fault(answer, "soap:Client"),
         (k, _) if !k.well_formed() => false,
 

@@ -1,7 +1,10 @@
 //! Test support: a real upstream SOAP service on loopback (counting what it
 //! receives, recording the exact bytes it sends), the real soapcache binary
-//! started as a process, and a small HTTP client.
+//! started as a process, and a small HTTP client; real Redis and RabbitMQ
+//! servers in [`servers`].
 #![allow(dead_code)]
+
+pub mod servers;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -78,9 +81,28 @@ pub struct Upstream {
 
 impl Upstream {
     pub async fn start(responder: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind upstream");
+        Upstream::start_on("127.0.0.1:0".parse().unwrap(), responder).await
+    }
+
+    /// [`Upstream::start`] on a given address: a service that comes up
+    /// where soapcache was told it would be (retrying while the port is
+    /// still held by a service stopped a moment ago).
+    pub async fn start_on(
+        addr: SocketAddr,
+        responder: impl Fn(&Seen) -> Reply + Send + Sync + 'static,
+    ) -> Upstream {
+        let mut tries = 0;
+        let listener = loop {
+            match TcpListener::bind(addr).await {
+                Ok(listener) => break listener,
+                Err(e) if tries < 100 => {
+                    tries += 1;
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("bind upstream on {addr}: {e}"),
+            }
+        };
         let addr = listener.local_addr().unwrap();
         let count = Arc::new(AtomicUsize::new(0));
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -168,6 +190,11 @@ impl Upstream {
 
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
+    }
+
+    /// Answers the service has finished sending (after their delay).
+    pub fn answered(&self) -> usize {
+        self.sent.lock().unwrap().len()
     }
 
     pub fn last_sent(&self) -> Bytes {
@@ -459,6 +486,60 @@ impl Soapcache {
     /// The process id of the soapcache process.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// `kill -9`: no drain, no flush, nothing but what is on disk.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `probe` every 20 ms until it is true or `limit` passes.
+pub async fn eventually<F, Fut>(limit: Duration, mut probe: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if probe().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A free loopback port, for a service started later.
+pub fn free_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// A scratch directory for `--data-dir`, removed on drop.
+pub struct DataDir(pub std::path::PathBuf);
+
+impl DataDir {
+    pub fn new(test: &str) -> DataDir {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("soapcache-data-{}-{n}-{test}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        DataDir(dir)
+    }
+
+    pub fn path_str(&self) -> &str {
+        self.0.to_str().expect("utf-8 temp path")
+    }
+}
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
