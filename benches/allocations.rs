@@ -25,10 +25,12 @@ use hyper_util::rt::TokioIo;
 
 mod common;
 
-use soapcache::canonical::digest;
-use soapcache::envelope::parse_request;
+use soapcache::cache::entry::{Entry, Times};
+use soapcache::cache::memory::MemoryTier;
+use soapcache::key::canonical::digest;
+use soapcache::key::lookup::LookupKey;
 use soapcache::policy::PolicySet;
-use soapcache::store::{Entry, LookupKey, Store};
+use soapcache::soap::envelope::parse_request;
 
 struct Counting;
 
@@ -86,7 +88,7 @@ fn main() {
     let body = xml.as_bytes();
 
     let now = SystemTime::now();
-    let store = Store::new(1 << 30);
+    let store = MemoryTier::new(1 << 30);
     let service: Arc<str> = Arc::from("default");
     let key_of = |body: &[u8]| {
         let envelope = parse_request(body).unwrap();
@@ -104,9 +106,12 @@ fn main() {
         Entry::new(
             &[&[b'x'; 800]],
             Some(&HeaderValue::from_static("text/xml; charset=utf-8")),
-            now,
-            now + Duration::from_secs(86_400),
-            Duration::ZERO,
+            Times {
+                stored_at: now,
+                expires_at: now + Duration::from_secs(86_400),
+                stale_if_error: Duration::ZERO,
+                stale_while_revalidate: Duration::ZERO,
+            },
         ),
     );
     for i in 0..1000 {
@@ -117,9 +122,12 @@ fn main() {
             Entry::new(
                 &[&[b'y'; 800]],
                 None,
-                now,
-                now + Duration::from_secs(86_400),
-                Duration::ZERO,
+                Times {
+                    stored_at: now,
+                    expires_at: now + Duration::from_secs(86_400),
+                    stale_if_error: Duration::ZERO,
+                    stale_while_revalidate: Duration::ZERO,
+                },
             ),
         );
     }
@@ -158,7 +166,7 @@ fn main() {
         scope.0, scope.1
     );
     println!(
-        "  Store::lookup (hit) {:>6.2} allocations {:>6.0} bytes",
+        "  MemoryTier::lookup (hit) {:>6.2} allocations {:>6.0} bytes",
         lookup.0, lookup.1
     );
     println!("allocations per hit-path key computation: {:.0}", all.0);
@@ -179,11 +187,12 @@ fn whole_process(request_body: &str) {
     let (service, proxy) = runtime.block_on(async {
         let service = start_service().await;
         let settings =
-            soapcache::demo::settings(format!("http://{service}/catalog").parse().unwrap());
+            soapcache::app::demo::settings(format!("http://{service}/catalog").parse().unwrap());
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let running = soapcache::server::start(settings, PolicySet::empty(), any, any, None, None)
-            .await
-            .expect("soapcache starts");
+        let running =
+            soapcache::app::server::start(settings, PolicySet::empty(), any, any, None, None)
+                .await
+                .expect("soapcache starts");
         let proxy = running.proxy_addr;
         // Keep it serving for the rest of the run.
         std::mem::forget(running);

@@ -19,12 +19,17 @@ use smol_str::SmolStr;
 
 mod common;
 
-use soapcache::canonical::digest;
-use soapcache::control::{inspect_response, splice};
-use soapcache::envelope::{parse_request, ExpandedName, SoapVersion};
-use soapcache::memo::{Known, Memo};
-use soapcache::metrics::{Metrics, Outcome};
-use soapcache::store::{Entry, LookupKey, Scope, Shortcut, Store};
+use soapcache::cache::entry::{Entry, Times};
+use soapcache::cache::memo::{Memo, MemoRecord};
+use soapcache::cache::memory::{EntryHint, MemoryTier};
+use soapcache::key::canonical::digest;
+use soapcache::key::lookup::{LookupKey, Scope};
+use soapcache::ops::metrics::{CacheResult, Metrics};
+use soapcache::proxy::respond::{self, HIT};
+use soapcache::soap::control::{inspect_response, splice};
+use soapcache::soap::envelope::parse_request;
+use soapcache::soap::SoapVersion;
+use soapcache::xml::ExpandedName;
 
 fn entry(body: &[u8]) -> Entry {
     let now = SystemTime::now();
@@ -32,9 +37,12 @@ fn entry(body: &[u8]) -> Entry {
     Entry::new(
         &[body],
         Some(&HeaderValue::from_static("text/xml; charset=utf-8")),
-        now,
-        expires_at,
-        Duration::ZERO,
+        Times {
+            stored_at: now,
+            expires_at,
+            stale_if_error: Duration::ZERO,
+            stale_while_revalidate: Duration::ZERO,
+        },
     )
 }
 
@@ -89,6 +97,47 @@ fn hot_path(c: &mut Criterion) {
     });
     group.finish();
 
+    // A hit's answer made from an entry: the stored bytes as they are, or
+    // (an answer with WS-Addressing reply headers) with `RelatesTo` and
+    // `MessageID` rewritten for this requester (reference §5.3).
+    let mut group = c.benchmark_group("hit_answer_1KB");
+    let plain = entry(&splice(&response, &info.strip));
+    let addressed_xml = common::response_1k().replacen(
+        "<soap:Header>",
+        "<soap:Header><wsa:MessageID xmlns:wsa=\"http://www.w3.org/2005/08/addressing\">urn:uuid:6b29fc40-ca47-1067-b31d-00dd010662da</wsa:MessageID>\
+<wsa:RelatesTo xmlns:wsa=\"http://www.w3.org/2005/08/addressing\">urn:uuid:00000000-0000-4000-8000-000000000001</wsa:RelatesTo>",
+        1,
+    );
+    let addressed_bytes = Bytes::from(addressed_xml);
+    let addressed_info = inspect_response(&addressed_bytes, &[]).unwrap();
+    assert_eq!(
+        addressed_info.addressing.len(),
+        3,
+        "RelatesTo (element, text) and MessageID"
+    );
+    let stripped = splice(&addressed_bytes, &addressed_info.strip);
+    let addressed = Entry::with_addressing(
+        &[&stripped],
+        Some(&HeaderValue::from_static("text/xml; charset=utf-8")),
+        Times {
+            stored_at: SystemTime::now(),
+            expires_at: SystemTime::now() + Duration::from_secs(86_400),
+            stale_if_error: Duration::ZERO,
+            stale_while_revalidate: Duration::ZERO,
+        },
+        &addressed_info.addressing_after_strip(),
+    );
+    assert!(addressed.has_addressing());
+    let now = SystemTime::now();
+    let requester = Some("urn:uuid:11111111-2222-4333-8444-555555555555");
+    group.bench_function("without_ws_addressing", |b| {
+        b.iter(|| respond::from_entry(black_box(&plain), now, &HIT, None, requester))
+    });
+    group.bench_function("with_ws_addressing", |b| {
+        b.iter(|| respond::from_entry(black_box(&addressed), now, &HIT, None, requester))
+    });
+    group.finish();
+
     // 10 000 entries as the proxy stores them without a policy key: a
     // learned link from the request digest to the CacheKey, then the entry.
     // Fewer in test mode (`cargo test --all-targets` runs each bench once,
@@ -98,7 +147,7 @@ fn hot_path(c: &mut Criterion) {
     } else {
         1_000
     };
-    let store = Store::new(1 << 30);
+    let store = MemoryTier::new(1 << 30);
     let stored = Bytes::from(vec![b'x'; 800]);
     // As long as `canonical::digest`'s 22 characters.
     let digest_of = |i: u32| -> SmolStr {
@@ -181,9 +230,9 @@ fn hot_path(c: &mut Criterion) {
     let body = Bytes::from(key_body.clone());
     for i in 0..10_000 {
         let other = Bytes::from(xml.replace("ABC-1234", &format!("XYZ-{i:04}")));
-        memo.remember(&other, known(&service));
+        memo.remember(&other, record(&service));
     }
-    memo.remember(&body, known(&service));
+    memo.remember(&body, record(&service));
     group.bench_function("memo_recall", |b| {
         b.iter(|| memo.recall(&service, black_box(&body)).unwrap())
     });
@@ -191,8 +240,8 @@ fn hot_path(c: &mut Criterion) {
 }
 
 /// A memo record of the kind the proxy keeps for a repeat body.
-fn known(service: &Arc<str>) -> Known {
-    Known {
+fn record(service: &Arc<str>) -> MemoRecord {
+    MemoRecord {
         service: service.clone(),
         version: SoapVersion::V11,
         name: ExpandedName {
@@ -202,10 +251,13 @@ fn known(service: &Arc<str>) -> Known {
         local_name: "CatalogPriceRequest".into(),
         operation: "{http://example.org/2001/06/catalog}CatalogPriceRequest".into(),
         selector: "0".repeat(22).into(),
-        has_security_header: false,
-        hits: Metrics::new().tally(service, None, false, Outcome::Hit),
+        security_header: false,
+        write_operation: false,
+        expires: None,
+        message_id: None,
+        hits: Metrics::new().counter(service, None, false, CacheResult::Hit),
         key: None,
-        shortcut: Shortcut::default(),
+        hint: EntryHint::default(),
     }
 }
 

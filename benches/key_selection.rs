@@ -5,8 +5,8 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use std::hint::black_box;
 
-use soapcache::envelope::parse_request;
-use soapcache::selector::Selector;
+use soapcache::key::selector::Selector;
+use soapcache::soap::envelope::parse_request;
 
 /// A realistic request of about 1 KB: a WS-Addressing header, the key deep
 /// enough that the pass cannot stop on the first element.

@@ -1,5 +1,5 @@
 //! Memory per stored byte: 100 000 entries of 1 KiB bodies inserted into a
-//! `Store` large enough to keep them all; the process's RSS growth
+//! `MemoryTier` large enough to keep them all; the process's RSS growth
 //! (/proc/self/status VmRSS) divided by the body bytes stored. Target ≤ 1.5.
 //!
 //! Each variant runs in a fresh process (this binary re-executed with
@@ -10,7 +10,11 @@
 //! - `process-link`, `process-direct`: the same two ways of keying, but
 //!   through the whole `soapcache` binary (memo, hyper, tokio, allocator
 //!   included): 100 000 distinct requests over HTTP to a service that marks
-//!   each 1 KiB answer cacheable, and the RSS growth of soapcache's process.
+//!   each 1 KiB answer cacheable, and the RSS growth of soapcache's process;
+//! - `process-results`: 100 000 queued messages whose 1 KiB answers are kept
+//!   for polling and never fetched, with `--results-max-bytes 16MiB`: the
+//!   results kept stay within the bound (the oldest evicted and counted)
+//!   and soapcache's RSS stays flat (reference §12.2).
 //!
 //! `cargo bench --bench memory`; run as a test (no `--bench` argument) it
 //! only says how to run it.
@@ -31,8 +35,10 @@ mod support;
 
 use support::{json, part_of, rss_bytes, Http, Reply, ScratchFile, Soapcache, Upstream};
 
-use soapcache::envelope::SoapVersion;
-use soapcache::store::{Entry, LookupKey, Scope, Store};
+use soapcache::cache::entry::{Entry, Times};
+use soapcache::cache::memory::MemoryTier;
+use soapcache::key::lookup::{LookupKey, Scope};
+use soapcache::soap::SoapVersion;
 
 const ENTRIES: usize = 100_000;
 const BODY: usize = 1024;
@@ -43,6 +49,7 @@ fn main() {
         match args.get(i + 1).map(String::as_str).unwrap_or("link") {
             "process-link" => measure_process(false),
             "process-direct" => measure_process(true),
+            "process-results" => measure_results(),
             variant => measure(variant),
         }
         return;
@@ -54,12 +61,18 @@ fn main() {
         return;
     }
     println!(
-        "memory per stored byte: {ENTRIES} entries of {BODY}-byte bodies in a Store of 1 GiB \
+        "memory per stored byte: {ENTRIES} entries of {BODY}-byte bodies in a MemoryTier of 1 GiB \
          (cargo bench --bench memory)"
     );
     let exe = std::env::current_exe().expect("current exe");
     let mut failed = false;
-    for variant in ["link", "direct", "process-link", "process-direct"] {
+    for variant in [
+        "link",
+        "direct",
+        "process-link",
+        "process-direct",
+        "process-results",
+    ] {
         let output = Command::new(&exe)
             .args(["--variant", variant])
             .output()
@@ -82,7 +95,7 @@ fn measure(variant: &str) {
     let expires_at = now + Duration::from_secs(86_400);
 
     let before = rss_kib();
-    let store = Store::new(1 << 30);
+    let store = MemoryTier::new(1 << 30);
     let empty = rss_kib();
     let started = Instant::now();
     for i in 0..ENTRIES {
@@ -115,9 +128,12 @@ fn measure(variant: &str) {
             Entry::new(
                 &[&body],
                 Some(&content_type),
-                now,
-                expires_at,
-                Duration::ZERO,
+                Times {
+                    stored_at: now,
+                    expires_at,
+                    stale_if_error: Duration::ZERO,
+                    stale_while_revalidate: Duration::ZERO,
+                },
             ),
         );
     }
@@ -218,6 +234,115 @@ fn measure_process(policy_key: bool) {
     );
     drop(soapcache);
     drop(runtime);
+}
+
+fn measure_results() {
+    const BOUND: u64 = 16 << 20;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let service = runtime.block_on(Upstream::start(|seen| {
+        Reply::xml(200, answer_of_1k(&part_of(&seen.body)))
+    }));
+    let policy = ScratchFile::new(
+        "memory-results",
+        "catalog.toml",
+        &format!(
+            "{}delivery = \"queued\"\nresult_retention = \"1h\"\n",
+            policy_text(false)
+        ),
+    );
+    let data = support::DataDir::new("memory-results");
+    let soapcache = Soapcache::serve_env(
+        &[
+            "--upstream",
+            &service.url(),
+            "--policies",
+            policy.path_str(),
+            "--data-dir",
+            data.path_str(),
+            "--results-max-bytes",
+            "16MiB",
+            "--delivery-concurrency",
+            "32",
+        ],
+        &[("RUST_LOG", "info,soapcache::access=off")],
+    );
+    let rss = || rss_bytes(soapcache.pid()).expect("soapcache's VmRSS");
+    let queue = || {
+        runtime.block_on(async {
+            json(
+                &Http::default()
+                    .admin("GET", &soapcache.admin_url("/queue"))
+                    .await,
+            )
+        })
+    };
+    let drained = |sent: u64| loop {
+        let q = queue();
+        if q["totals"]["delivered"].as_u64() >= Some(sent) {
+            return q;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let warm_up = 20_000;
+    send_queued(soapcache.proxy, 0..warm_up);
+    drained(warm_up as u64);
+    let before = rss();
+    let started = Instant::now();
+    send_queued(soapcache.proxy, warm_up..warm_up + ENTRIES);
+    let q = drained((warm_up + ENTRIES) as u64);
+    let took = started.elapsed();
+    let after = rss();
+    let results = &q["results"];
+    println!(
+        "  {:<14} {ENTRIES} queued messages with 1 KiB answers never fetched, --results-max-bytes 16MiB: \
+         results kept {} ({:.1} MiB ≤ 16 MiB), evicted {}; soapcache RSS {:.1} MiB → {:.1} MiB; \
+         {:.0} messages/s accepted and delivered",
+        "process-results",
+        results["retained"],
+        results["bytes"].as_u64().unwrap_or(0) as f64 / (1 << 20) as f64,
+        results["evictions"],
+        before as f64 / (1 << 20) as f64,
+        after as f64 / (1 << 20) as f64,
+        ENTRIES as f64 / took.as_secs_f64(),
+    );
+    assert!(results["bytes"].as_u64().unwrap_or(u64::MAX) <= BOUND);
+    assert!(results["evictions"].as_u64().unwrap_or(0) > 0);
+    drop(soapcache);
+    drop(runtime);
+}
+
+/// Sends one queued request per number in `parts` on two keep-alive
+/// connections; each must be answered 202.
+fn send_queued(proxy: SocketAddr, parts: std::ops::Range<usize>) {
+    let halves = [
+        parts.start..parts.start + parts.len() / 2,
+        parts.start + parts.len() / 2..parts.end,
+    ];
+    std::thread::scope(|scope| {
+        for half in halves {
+            scope.spawn(move || {
+                let mut stream = TcpStream::connect(proxy).expect("connect to soapcache");
+                stream.set_nodelay(true).expect("nodelay");
+                let mut buffer = vec![0u8; 16 * 1024];
+                for part in half {
+                    let body = common::request_1k(&format!("P-{part:08}"));
+                    let request = format!(
+                        "POST /catalog HTTP/1.1\r\nHost: bench\r\n\
+                         Content-Type: text/xml; charset=utf-8\r\n\
+                         SOAPAction: \"urn:CatalogPriceRequest\"\r\n\
+                         Content-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let (head, _) = common::exchange(&mut stream, request.as_bytes(), &mut buffer);
+                    assert!(head.starts_with("HTTP/1.1 202"), "{head}");
+                }
+            });
+        }
+    });
 }
 
 fn policy_text(policy_key: bool) -> String {

@@ -5,8 +5,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
 
-use soapcache::envelope::{OperationElement, SoapVersion};
-use soapcache::store::Scope;
+use soapcache::key::lookup::Scope;
+use soapcache::soap::envelope::OperationElement;
+use soapcache::soap::SoapVersion;
 
 /// The scope the proxy builds for a request it parses (no vary headers):
 /// the operation's expanded name formatted anew, as on that path.
