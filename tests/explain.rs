@@ -471,3 +471,96 @@ fn words(line: &str) -> Vec<String> {
     }
     words
 }
+
+/// A queued operation's message id, duplicate window, reply plan, retries
+/// and order are shown as the proxy would decide them.
+#[test]
+fn a_queued_operation_shows_its_message_id_repeats_reply_retries_and_order() {
+    let policy = ScratchFile::new(
+        "explain-queued",
+        "orders.toml",
+        r#"
+[service]
+name     = "orders"
+route    = "/orders"
+upstream = "http://127.0.0.1:1/orders"
+
+[namespaces]
+o = "urn:example:orders"
+
+[[operation]]
+element          = "o:PlaceOrder"
+delivery         = "queued"
+dedup            = "10m"
+max_attempts     = 4
+order_by         = ["string(o:CustomerId)"]
+reply_to_allowed = ["http://127.0.0.1:8080/callbacks/*"]
+"#,
+    );
+    let with = |headers: &str| {
+        format!(
+            "<soap:Envelope xmlns:soap=\"{SOAP11}\" xmlns:wsa=\"http://www.w3.org/2005/08/addressing\"><soap:Header>{headers}</soap:Header><soap:Body><o:PlaceOrder xmlns:o=\"urn:example:orders\"><o:CustomerId>C-42</o:CustomerId></o:PlaceOrder></soap:Body></soap:Envelope>"
+        )
+    };
+    let run_json = |body: &str| {
+        let run = explain(
+            &[
+                "--policies",
+                policy.path_str(),
+                "--path",
+                "/orders",
+                "--json",
+            ],
+            body,
+        );
+        assert_eq!(run.code, Some(0), "{}{}", run.stdout, run.stderr);
+        run.json()
+    };
+
+    let callback = with(
+        "<wsa:MessageID>urn:uuid:7</wsa:MessageID><wsa:ReplyTo><wsa:Address>http://127.0.0.1:8080/callbacks/orders</wsa:Address></wsa:ReplyTo>",
+    );
+    let d = run_json(&callback)["delivery"].clone();
+    assert_eq!(d["mode"], "queued");
+    assert_eq!(d["message_id"], "urn:uuid:7");
+    assert_eq!(d["message_id_from"], "wsa:MessageID");
+    assert_eq!(d["dedup"], "10m");
+    assert_eq!(d["reply"]["kind"], "callback");
+    assert_eq!(
+        d["reply"]["reply_to"],
+        "http://127.0.0.1:8080/callbacks/orders"
+    );
+    assert_eq!(d["retry"]["max_attempts"], 4);
+    assert_eq!(d["order_by"], "C-42");
+    let text = explain(
+        &["--policies", policy.path_str(), "--path", "/orders"],
+        &callback,
+    )
+    .stdout;
+    for expected in [
+        "message id   urn:uuid:7 (wsa:MessageID)",
+        "repeats      a repeat of this id within 10m is stored once",
+        "reply        callback: the answer POSTed to http://127.0.0.1:8080/callbacks/orders",
+        "retries      at most 4 attempts",
+        "order        one at a time, in acceptance order, with the other messages whose order_by is \"C-42\"",
+    ] {
+        assert!(text.contains(expected), "{expected:?} not in:\n{text}");
+    }
+
+    // No id: one is generated, and with no ReplyTo the result is polled.
+    let d = run_json(&with(""))["delivery"].clone();
+    assert!(d["message_id"].is_null());
+    assert_eq!(d["reply"]["kind"], "poll");
+    assert_eq!(d["reply"]["retention"], "1h");
+
+    // A ReplyTo the policy does not allow is refused, as the proxy would.
+    let d = run_json(&with(
+        "<wsa:MessageID>urn:uuid:8</wsa:MessageID><wsa:ReplyTo><wsa:Address>http://evil.example/x</wsa:Address></wsa:ReplyTo>",
+    ))["delivery"]
+        .clone();
+    assert_eq!(d["reply"]["kind"], "refused");
+    assert!(d["reply"]["refused"]
+        .as_str()
+        .unwrap()
+        .contains("reply_to_allowed"));
+}

@@ -17,13 +17,13 @@ use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use serde::Serialize;
 
 use crate::cache::decision::{self, CacheUse, RequestFacts, Uncacheable};
-use crate::delivery::DeliveryMode;
+use crate::delivery::{DeliveryMode, ReplyPlan};
 use crate::http::headers::{content_soap_version, header_value_list, is_multipart};
 use crate::http::request_body::STREAM_THRESHOLD;
 use crate::key::lookup::{LookupKey, Scope};
 use crate::key::selector::SEPARATOR;
-use crate::policy::{rules_for, PolicyError, PolicySet, Rules, Service};
-use crate::soap::envelope::{parse_request, OperationElement};
+use crate::policy::{rules_for, PolicyError, PolicySet, Rules, Service, DEFAULT_RESULT_RETENTION};
+use crate::soap::envelope::{parse_request, OperationElement, RequestEnvelope};
 use crate::soap::fault;
 use crate::soap::multipart::multipart_root;
 use crate::soap::SoapVersion;
@@ -101,11 +101,59 @@ pub struct OperationView {
     pub declared: bool,
 }
 
-/// How the request reaches its service. (Message ids and duplicate
-/// suppression, reference §11, belong here too.)
-#[derive(Debug, Serialize)]
+/// How the request reaches its service, and what is kept of it
+/// (reference §10–§12).
+#[derive(Debug, Serialize, Default)]
 pub struct DeliveryView {
     pub mode: &'static str,
+    /// The id the request gives: its `wsa:MessageID`, else the policy's
+    /// `message_id` value. A queued message without one gets a `urn:uuid:`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    /// `wsa:MessageID` or `message_id`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_id_from: Option<&'static str>,
+    /// Set when the policy's `message_id` cannot be evaluated on it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_id_error: Option<String>,
+    /// The `dedup` window; `None`: repeats are not recognised.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dedup: Option<String>,
+    /// Queued only: where the service's answer goes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply: Option<ReplyView>,
+    /// Queued only: how hard it is tried.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryView>,
+    /// Queued only: the `order_by` value its order is kept within.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub order_by: Option<String>,
+}
+
+/// Where a queued message's answer goes (reference §12).
+#[derive(Debug, Serialize)]
+pub struct ReplyView {
+    /// `callback`, `poll`, `drop` or `refused`.
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fault_to: Option<String>,
+    /// How long a result is kept for `GET /.results/ID`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention: Option<String>,
+    /// Why the message would be refused with a fault (a `ReplyTo` the
+    /// policy does not allow, or one without a `MessageID`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RetryView {
+    pub max_attempts: u32,
+    pub retry_backoff: String,
+    pub max_retry_backoff: String,
+    pub deliver_within: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -365,9 +413,7 @@ pub fn explain(policies: &PolicySet, path: &str, headers: &HeaderMap, body: &[u8
             name: op.name.to_string(),
             declared: service.is_some_and(|s| s.operation(&op.name).is_some()),
         }),
-        delivery: DeliveryView {
-            mode: rules.delivery.label(),
-        },
+        delivery: delivery_view(rules, envelope.as_ref(), op, headers),
         cache,
         key,
         lookup_key,
@@ -398,6 +444,7 @@ fn refused(
         operation: None,
         delivery: DeliveryView {
             mode: rules.delivery.label(),
+            ..DeliveryView::default()
         },
         cache: CacheView {
             use_: "bypass",
@@ -521,6 +568,92 @@ fn lookup_view(
     }
 }
 
+/// The message id, duplicate suppression and, for a queued operation, its
+/// reply plan, retries and order, as the proxy would decide them (with a
+/// store for results: `explain` has no `--data-dir` to ask).
+fn delivery_view(
+    rules: &Rules,
+    envelope: Option<&RequestEnvelope<'_>>,
+    op: Option<&OperationElement<'_>>,
+    headers: &HeaderMap,
+) -> DeliveryView {
+    let mut view = DeliveryView {
+        mode: rules.delivery.label(),
+        dedup: (!rules.dedup.is_zero()).then(|| duration(rules.dedup)),
+        ..DeliveryView::default()
+    };
+    let (Some(envelope), Some(op)) = (envelope, op) else {
+        return view;
+    };
+    let addressing = &envelope.addressing;
+    match crate::proxy::dedup::message_id(addressing, rules, op) {
+        Ok(id) => {
+            view.message_id_from = id.as_ref().map(|_| {
+                match addressing.message_id.as_deref().filter(|id| !id.is_empty()) {
+                    Some(_) => "wsa:MessageID",
+                    None => "message_id",
+                }
+            });
+            view.message_id = id;
+        }
+        Err(e) => view.message_id_error = Some(e.to_string()),
+    }
+    if rules.delivery != DeliveryMode::Queued {
+        return view;
+    }
+    let retention = rules.result_retention.unwrap_or(DEFAULT_RESULT_RETENTION);
+    let plan = crate::proxy::queued::reply_plan(
+        addressing,
+        headers,
+        rules,
+        retention,
+        view.message_id.as_deref(),
+    );
+    view.reply = Some(match plan {
+        Ok(ReplyPlan::Callback(callback)) => ReplyView {
+            kind: "callback",
+            reply_to: Some(callback.reply_to),
+            fault_to: callback.fault_to,
+            retention: None,
+            refused: None,
+        },
+        Ok(ReplyPlan::Poll { retention, .. }) => ReplyView {
+            kind: "poll",
+            reply_to: None,
+            fault_to: None,
+            retention: Some(duration(retention)),
+            refused: None,
+        },
+        Ok(ReplyPlan::Drop) => ReplyView {
+            kind: "drop",
+            reply_to: None,
+            fault_to: None,
+            retention: None,
+            refused: None,
+        },
+        Err(reason) => ReplyView {
+            kind: "refused",
+            reply_to: None,
+            fault_to: None,
+            retention: None,
+            refused: Some(reason),
+        },
+    });
+    let retry = &rules.retry;
+    view.retry = Some(RetryView {
+        max_attempts: retry.max_attempts,
+        retry_backoff: duration(retry.retry_backoff),
+        max_retry_backoff: duration(retry.max_retry_backoff),
+        deliver_within: duration(retry.deliver_within),
+    });
+    view.order_by = rules.order_by.as_ref().map(|selector| {
+        selector
+            .select(op)
+            .unwrap_or_else(|e| format!("(cannot be evaluated: {e})"))
+    });
+    view
+}
+
 fn lifetime_view(rules: &Rules) -> LifetimeView {
     LifetimeView {
         honor_cache_control: rules.honor_cache_control,
@@ -621,6 +754,80 @@ fn size(bytes: u64) -> String {
         )
 }
 
+/// The message id, dedup, reply, retry and order lines of `render`.
+fn delivery_lines(d: &DeliveryView, line: &mut impl FnMut(&str, &str)) {
+    let queued = d.mode == "queued";
+    // A read without `dedup` is answered however often it is repeated:
+    // nothing to say about its id.
+    if !queued && d.dedup.is_none() && d.message_id_error.is_none() {
+        return;
+    }
+    match (&d.message_id, d.message_id_from, &d.message_id_error) {
+        (_, _, Some(error)) => line(
+            "message id",
+            &format!("message_id cannot be evaluated: {error} (the request is refused)"),
+        ),
+        (Some(id), Some(from), _) => line("message id", &format!("{id} ({from})")),
+        _ if queued => line(
+            "message id",
+            "none given: soapcache names it with a new urn:uuid at acceptance (X-Message-Id)",
+        ),
+        _ => line("message id", "none"),
+    }
+    let repeats = match (&d.dedup, &d.message_id, queued) {
+        (None, _, _) => "not recognised (no dedup)".to_owned(),
+        (Some(window), None, _) => {
+            format!("dedup {window}, but this request has no message id to recognise it by")
+        }
+        (Some(window), Some(_), true) => format!(
+            "a repeat of this id within {window} is stored once, answered 202 (or its result) again"
+        ),
+        (Some(window), Some(_), false) => format!(
+            "a repeat of this id within {window} gets the first answer again, byte for byte"
+        ),
+    };
+    line("repeats", &repeats);
+    if let Some(reply) = &d.reply {
+        let text = match reply.kind {
+            "callback" => match &reply.fault_to {
+                Some(fault_to) => format!(
+                    "callback: the answer POSTed to {}, faults to {fault_to}",
+                    reply.reply_to.as_deref().unwrap_or("")
+                ),
+                None => format!(
+                    "callback: the answer POSTed to {}",
+                    reply.reply_to.as_deref().unwrap_or("")
+                ),
+            },
+            "poll" => format!(
+                "kept for GET /.results/ID for {} (with a --data-dir or --shared-cache)",
+                reply.retention.as_deref().unwrap_or("")
+            ),
+            "refused" => format!(
+                "refused with a fault: {}",
+                reply.refused.as_deref().unwrap_or("")
+            ),
+            _ => "dropped: nobody asks for the service's answer".to_owned(),
+        };
+        line("reply", &text);
+    }
+    if let Some(retry) = &d.retry {
+        line(
+            "retries",
+            &format!(
+                "at most {} attempts, {} after the first failure doubling up to {}; dead-lettered as expired if not delivered within {}",
+                retry.max_attempts, retry.retry_backoff, retry.max_retry_backoff, retry.deliver_within
+            ),
+        );
+    }
+    if let Some(order) = &d.order_by {
+        line(
+            "order",
+            &format!("one at a time, in acceptance order, with the other messages whose order_by is {order:?}"),
+        );
+    }
+}
+
 /// The explanation as text: one `label  value` line per fact.
 pub fn render(x: &Explanation) -> String {
     let mut out = String::new();
@@ -667,8 +874,7 @@ pub fn render(x: &Explanation) -> String {
     }
     line("soap version", x.soap_version.unwrap_or("unknown"));
     line("delivery", x.delivery.mode);
-    // Lines about the message id and duplicate suppression (reference §11)
-    // go here, from `DeliveryView`.
+    delivery_lines(&x.delivery, &mut line);
     let cache = match x.cache.use_ {
         "lookup" => {
             "lookup: a fresh entry answers; else forwarded, and the answer stored when it may be"

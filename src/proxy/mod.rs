@@ -17,7 +17,7 @@ mod fast_path;
 mod fleet;
 mod forward;
 mod miss;
-mod queued;
+pub(crate) mod queued;
 pub mod respond;
 mod results;
 mod revalidate;

@@ -165,7 +165,7 @@ pub(super) async fn accept(
 /// `ReplyTo` the policy allows (faults to an allowed `FaultTo`), kept for
 /// polling, or nowhere. A callback address the policy does not allow is
 /// refused here, before anything is stored.
-fn reply_plan(
+pub(crate) fn reply_plan(
     addressing: &Addressing,
     headers: &HeaderMap,
     rules: &Rules,
