@@ -1,5 +1,8 @@
-//! Messages shared by the micro-benchmarks (not a bench target itself).
+//! Messages shared by the benchmarks (not a bench target itself), and the
+//! processes of the end-to-end ones ([`processes`]).
 #![allow(dead_code)]
+
+pub mod processes;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
