@@ -17,7 +17,6 @@
 //! machine's cores, so the figures are ratios within this run.
 
 mod common;
-#[allow(dead_code)]
 #[path = "../tests/support/servers.rs"]
 mod servers;
 
