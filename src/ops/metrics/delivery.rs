@@ -42,6 +42,12 @@ struct ResultLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConfirmLabels {
+    /// `ack`, `nack` or `timeout`.
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DuplicateLabels {
     service: String,
     /// `queued` (acknowledged again) or `direct` (answer replayed).
@@ -82,6 +88,10 @@ pub struct DeliveryMetrics {
     results_retained: Gauge,
     results_bytes: Gauge,
     results_evictions: FollowedCounter,
+    broker_up: Gauge,
+    /// Publisher confirms by result, following the queue's own counts.
+    confirms: [(&'static str, FollowedCounter); 3],
+    confirms_family: Family<ConfirmLabels, Counter>,
 }
 
 impl DeliveryMetrics {
@@ -101,7 +111,25 @@ impl DeliveryMetrics {
             results_retained: Gauge::default(),
             results_bytes: Gauge::default(),
             results_evictions: FollowedCounter::default(),
+            broker_up: Gauge::default(),
+            confirms: [
+                ("ack", FollowedCounter::default()),
+                ("nack", FollowedCounter::default()),
+                ("timeout", FollowedCounter::default()),
+            ],
+            confirms_family: Family::default(),
         };
+        // The names deploy/'s dashboards and alerts use.
+        registry.register(
+            "soapcache_queue_broker_up",
+            "Whether the RabbitMQ broker of --queue amqp:// is connected (1) or not (0)",
+            metrics.broker_up.clone(),
+        );
+        registry.register(
+            "soapcache_queue_confirms",
+            "Publisher confirms of RabbitMQ by result (ack, nack, timeout)",
+            metrics.confirms_family.clone(),
+        );
         registry.register(
             "soapcache_queue_messages",
             "Queued messages by service and state (ready, in_flight, retrying, dead)",
@@ -223,6 +251,24 @@ impl DeliveryMetrics {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// The broker's series as the amqp queue says now.
+    pub fn set_broker(&self, broker: &crate::delivery::amqp::BrokerStats) {
+        self.broker_up.set(i64::from(broker.up));
+        for (result, followed) in &self.confirms {
+            let total = match *result {
+                "ack" => broker.confirms_ack,
+                "nack" => broker.confirms_nack,
+                _ => broker.confirms_timeout,
+            };
+            let before = followed.seen.swap(total, Ordering::Relaxed);
+            if total > before {
+                self.confirms_family
+                    .get_or_create(&ConfirmLabels { result })
+                    .inc_by(total - before);
+            }
+        }
     }
 
     /// The gauges as the queue says now: series of services with nothing
