@@ -46,6 +46,7 @@ impl AmqpQueue {
         service: Option<&str>,
         mut decide: impl FnMut(&Parcel) -> Keep,
     ) -> Result<u64, QueueError> {
+        self.connect();
         let _one_at_a_time = self.scanning.lock().await;
         let live = self.link.live().await?;
         let mut changed = 0;

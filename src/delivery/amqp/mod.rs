@@ -53,6 +53,8 @@ pub struct BrokerStats {
 
 pub struct AmqpQueue {
     link: Arc<Link>,
+    /// The link's task, started by the first use (`run`, normally).
+    connecting: std::sync::Once,
     records: Option<RedisRecords>,
     concurrency: usize,
     draining: AtomicBool,
@@ -72,12 +74,13 @@ pub struct AmqpQueue {
 }
 
 impl AmqpQueue {
-    /// The queue on the broker at `url`; its connection task starts here
-    /// (within the runtime) and connects in the background.
+    /// The queue on the broker at `url`. No connection is made here: a
+    /// setup refused right after (a policy this queue cannot serve) exits
+    /// without having touched the broker; see [`AmqpQueue::connect`].
     pub fn open(url: &str, records: Option<RedisRecords>, concurrency: usize) -> AmqpQueue {
         let link = Link::new(url.to_owned());
-        tokio::spawn(link.clone().run());
         AmqpQueue {
+            connecting: std::sync::Once::new(),
             link,
             records,
             concurrency: concurrency.max(1),
@@ -88,6 +91,12 @@ impl AmqpQueue {
             stats_stale: AtomicBool::new(false),
             scanning: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Starts the connection task, once (within the runtime).
+    fn connect(&self) {
+        self.connecting
+            .call_once(|| drop(tokio::spawn(self.link.clone().run())));
     }
 
     pub fn broker(&self) -> BrokerStats {
@@ -140,6 +149,7 @@ impl AmqpQueue {
         message: Message,
         dedup: Option<DedupClaim>,
     ) -> Result<Accepted, QueueError> {
+        self.connect();
         if self.draining.load(Ordering::Relaxed) {
             return Err(QueueError::Draining);
         }
@@ -193,6 +203,7 @@ impl AmqpQueue {
     }
 
     async fn read_stats(&self) -> Result<QueueStats, QueueError> {
+        self.connect();
         let mut cached = self.stats.lock().await;
         let stale = self.stats_stale.swap(false, Ordering::Relaxed);
         if let Some((at, stats)) = cached.as_ref() {
@@ -324,6 +335,7 @@ impl Queue for AmqpQueue {
     }
 
     fn run(self: Arc<Self>, state: Arc<State>, shutdown: Shutdown) -> BoxFuture<'static, ()> {
+        self.connect();
         Box::pin(consumers::deliver_until(self, state, shutdown))
     }
 }
