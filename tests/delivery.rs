@@ -341,6 +341,18 @@ async fn a_queued_write_is_answered_202_while_the_service_sleeps_then_delivered_
         "{metrics}"
     );
     assert!(metrics.contains("soapcache_queue_bytes 0"), "{metrics}");
+    // The broker's series only where there is a broker (deploy/'s alerts
+    // on them must not fire for an embedded instance).
+    match backend {
+        Backend::Embedded => assert!(!metrics.contains("soapcache_queue_broker_up"), "{metrics}"),
+        Backend::Amqp => {
+            assert!(metrics.contains("soapcache_queue_broker_up 1"), "{metrics}");
+            assert!(
+                metrics.contains(r#"soapcache_queue_confirms_total{result="ack"}"#),
+                "{metrics}"
+            );
+        }
+    }
 }
 
 /// What the requesters of a load were told, by `OrderRef`.
