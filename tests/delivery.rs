@@ -134,6 +134,8 @@ macro_rules! on_both_backends {
 
 on_both_backends!(
     a_queued_write_is_answered_202_while_the_service_sleeps_then_delivered_exactly,
+    nothing_answered_202_is_lost_when_soapcache_is_killed_while_accepting,
+    sigterm_with_messages_waiting_exits_0_and_the_next_start_delivers_them,
     nothing_answered_202_is_lost_when_soapcache_is_killed_while_delivering,
     a_failing_service_is_retried_with_doubling_backoff_until_it_answers,
     a_client_fault_or_a_4xx_is_dead_lettered_at_once,
@@ -163,24 +165,6 @@ fn serve_on(
     Some(serve_with_queue(
         backend, test, upstream, extra, flags, data, queue,
     ))
-}
-
-fn serve_with(
-    test: &str,
-    upstream: SocketAddr,
-    extra: &str,
-    flags: &[&str],
-    data: DataDir,
-) -> Setup {
-    serve_with_queue(
-        Backend::Embedded,
-        test,
-        upstream,
-        extra,
-        flags,
-        data,
-        Vec::new(),
-    )
 }
 
 /// `setup`'s instance again (after a kill), on the same store or vhost.
@@ -427,15 +411,17 @@ fn delivered(upstream: &Upstream) -> HashMap<String, usize> {
     counts
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn nothing_answered_202_is_lost_when_soapcache_is_killed_while_accepting() {
+async fn nothing_answered_202_is_lost_when_soapcache_is_killed_while_accepting(backend: Backend) {
     let service = free_addr();
-    let mut setup = serve(
+    let Some(mut setup) = serve_on(
+        backend,
         "kill-accept",
         service,
         "retry_backoff = \"100ms\"\nmax_retry_backoff = \"200ms\"",
         &[],
-    );
+    ) else {
+        return;
+    };
     let url = setup.proxy.url("/orders");
     // kill -9 once 400 have been accepted, from inside the load.
     let armed = Arc::new(Mutex::new(Some(ArmedSignal::new("KILL"))));
@@ -458,13 +444,12 @@ async fn nothing_answered_202_is_lost_when_soapcache_is_killed_while_accepting()
     assert!(told.accepted.len() < 1000, "the kill came mid-stream");
 
     // Restart on the same store, bring the service up.
-    let data = std::mem::replace(&mut setup.data, DataDir::new("unused"));
-    let restarted = serve_with(
+    let restarted = serve_again(
+        &mut setup,
         "kill-accept",
         service,
         "retry_backoff = \"100ms\"\nmax_retry_backoff = \"200ms\"",
         &[],
-        data,
     );
     let upstream = Upstream::start_on(service, |_| ok()).await;
     let http = Http::default();
@@ -494,8 +479,17 @@ async fn nothing_answered_202_is_lost_when_soapcache_is_killed_while_accepting()
         "{} delivered without a 202",
         unconfirmed.len()
     );
-    // The service was down before the kill: nothing was delivered twice.
-    assert!(delivered.values().all(|&n| n == 1));
+    // The service was down before the kill: nothing was delivered twice on
+    // the embedded queue, whose retry is one commit. On amqp a retry is a
+    // publish to a delay queue, then the acknowledgement of the attempt: a
+    // kill between the two leaves both copies, at most one per message the
+    // instance held (its prefetch, 16).
+    let twice = delivered.values().filter(|&&n| n > 1).count();
+    assert!(delivered.values().all(|&n| n <= 2), "{delivered:?}");
+    match backend {
+        Backend::Embedded => assert_eq!(twice, 0),
+        Backend::Amqp => assert!(twice <= 16, "{twice} delivered twice"),
+    }
     assert!(dead_letters(&http, &restarted.proxy).await.is_empty());
     eprintln!(
         "accepted {}, connection errors {}, delivered {} ({} without a 202)",
@@ -1001,10 +995,11 @@ async fn an_unusable_data_dir_answers_503_and_the_proxy_still_starts() {
     assert!(q["error"].as_str().unwrap().contains("cannot open"), "{q}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sigterm_with_messages_waiting_exits_0_and_the_next_start_delivers_them() {
+async fn sigterm_with_messages_waiting_exits_0_and_the_next_start_delivers_them(backend: Backend) {
     let service = free_addr();
-    let mut setup = serve("sigterm", service, "", &[]);
+    let Some(mut setup) = serve_on(backend, "sigterm", service, "", &[]) else {
+        return;
+    };
     let told = load(setup.proxy.url("/orders"), 500, 8, |_| {}).await;
     assert_eq!(told.accepted.len(), 500);
     let started = Instant::now();
@@ -1016,9 +1011,8 @@ async fn sigterm_with_messages_waiting_exits_0_and_the_next_start_delivers_them(
     assert!(status.success(), "{status:?}");
     eprintln!("stopped in {:?}", started.elapsed());
 
-    let data = std::mem::replace(&mut setup.data, DataDir::new("unused"));
     let upstream = Upstream::start_on(service, |_| ok()).await;
-    let restarted = serve_with("sigterm", service, "", &[], data);
+    let restarted = serve_again(&mut setup, "sigterm", service, "", &[]);
     let http = Http::default();
     assert!(drained(&http, &restarted.proxy, Duration::from_secs(30)).await);
     let delivered = delivered(&upstream);
