@@ -575,6 +575,16 @@ fn dedup_or_results_on_amqp_without_shared_cache_are_refused_in_one_line() {
     }
 }
 
+#[test]
+fn amqps_is_refused_at_startup_in_one_line() {
+    let (code, stderr) =
+        refused_at_startup("", &["--queue", "amqps://guest:guest@127.0.0.1:1/%2f"]);
+    assert_ne!(code, Some(0), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("amqps"), "{stderr}");
+    assert!(!stderr.contains("guest:guest"), "no password: {stderr}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn results_to_poll_work_across_instances_with_redis() {
     let Some(redis) = RedisServer::start() else {

@@ -87,6 +87,8 @@ pub enum SetupError {
         operation: String,
         key: &'static str,
     },
+    #[error("--queue amqps://…: TLS to RabbitMQ is not built yet; use amqp:// (on a trusted network or through a TLS tunnel)")]
+    AmqpsNotBuilt,
     #[error("--shared-cache {url}: {source}")]
     Records {
         url: String,
@@ -115,6 +117,9 @@ impl QueueSettings {
     /// the embedded backend.
     pub fn open(&self) -> Result<Stores, SetupError> {
         match (&self.backend, &self.data_dir) {
+            (QueueBackend::Amqp(url), _) if url.starts_with("amqps://") => {
+                Err(SetupError::AmqpsNotBuilt)
+            }
             (QueueBackend::Amqp(url), _) => {
                 let records = match &self.shared_cache {
                     None => None,
