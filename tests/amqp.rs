@@ -186,7 +186,12 @@ fn delivered(upstream: &Upstream) -> HashMap<String, usize> {
     counts
 }
 
-fn assert_none_lost(told: &Told, delivered: &HashMap<String, usize>) {
+/// Nothing answered 202 is missing from `delivered`, and at most
+/// `refused_yet_delivered` answered 503 are in it: a publish the broker
+/// stored just before it was killed, whose confirm never came back, was
+/// answered 503 (never a 202 without a confirm) and is delivered all the
+/// same; at most one per requester in flight at the kill.
+fn assert_none_lost(told: &Told, delivered: &HashMap<String, usize>, refused_yet_delivered: usize) {
     let lost: Vec<&String> = told
         .accepted
         .iter()
@@ -196,12 +201,15 @@ fn assert_none_lost(told: &Told, delivered: &HashMap<String, usize>) {
         lost.is_empty(),
         "answered 202 but never delivered: {lost:?}"
     );
-    for r in &told.refused {
-        assert!(
-            !delivered.contains_key(r),
-            "{r} was answered 503 yet delivered"
-        );
-    }
+    let stored: Vec<&String> = told
+        .refused
+        .iter()
+        .filter(|r| delivered.contains_key(*r))
+        .collect();
+    assert!(
+        stored.len() <= refused_yet_delivered,
+        "answered 503 yet delivered: {stored:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -247,7 +255,7 @@ async fn two_instances_deliver_all_they_accepted_when_one_is_killed_mid_delivery
     let survivor = &fleet.instances[1];
     assert!(drained(&http, &[survivor], Duration::from_secs(90)).await);
     let delivered = delivered(&upstream);
-    assert_none_lost(&told, &delivered);
+    assert_none_lost(&told, &delivered, 0);
     // Twice only for attempts the kill cut short: at most the killed
     // instance's prefetch (16).
     let twice: Vec<(&String, &usize)> = delivered.iter().filter(|(_, &n)| n > 1).collect();
@@ -346,8 +354,9 @@ async fn a_broker_killed_and_restarted_mid_load_loses_nothing_answered_202() {
 
     assert!(drained(&http, &[a, b], Duration::from_secs(60)).await);
     let delivered = delivered(&upstream);
-    assert_none_lost(&during, &delivered);
-    assert_none_lost(&after, &delivered);
+    // The load's 8 requesters: at most 8 publishes in flight at the kill.
+    assert_none_lost(&during, &delivered, 8);
+    assert_none_lost(&after, &delivered, 0);
     for probe in &probes {
         assert!(delivered.contains_key(probe), "{probe}");
     }
