@@ -90,7 +90,16 @@ fn check(path: &std::path::Path) -> ExitCode {
 /// writer (`access_log`). The returned guard flushes what is left when it
 /// is dropped at exit.
 fn init_logging(format: LogFormat, default: &str) -> tracing_appender::non_blocking::WorkerGuard {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // lapin warns of a "vanished promise" at every failed connection
+    // attempt to RabbitMQ; soapcache logs the broker's state itself, once
+    // per change. Kept unless RUST_LOG says something about lapin.
+    let names_lapin = std::env::var("RUST_LOG").is_ok_and(|v| v.contains("lapin"));
+    if !names_lapin {
+        if let Ok(quiet) = "lapin::promise=error".parse() {
+            filter = filter.add_directive(quiet);
+        }
+    }
     let ansi = std::io::stderr().is_terminal();
     let (writer, guard) =
         tracing_appender::non_blocking(std::io::BufWriter::new(std::io::stderr()));

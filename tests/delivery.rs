@@ -1,7 +1,13 @@
-//! Queued delivery (reference §10) through the real binary, a real store on
-//! disk and a real service on loopback: accepted durably and answered 202,
-//! delivered with retries, dead letters and per-`order_by` order, and
-//! nothing answered 202 lost when soapcache is killed.
+//! Queued delivery (reference §10) through the real binary, a real store
+//! (on disk, or a real RabbitMQ broker) and a real service on loopback:
+//! accepted durably and answered 202, delivered with retries, dead letters
+//! and per-`order_by` order, and nothing answered 202 lost when soapcache
+//! is killed.
+//!
+//! One suite, two backends: a test that holds for any queue takes a
+//! [`Backend`] and `on_both_backends!` makes `NAME::embedded` and
+//! `NAME::amqp` of it (the amqp one on a vhost of its own on this binary's
+//! broker, skipped outside CI when rabbitmq-server is not installed).
 
 mod support;
 
@@ -80,32 +86,129 @@ struct Setup {
     proxy: Soapcache,
     _policy: ScratchFile,
     data: DataDir,
+    backend: Backend,
+    /// `--queue URL` for amqp: the same vhost again after a restart.
+    queue: Vec<String>,
 }
 
+/// Where queued messages are kept in a test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Embedded,
+    Amqp,
+}
+
+impl Backend {
+    /// The flags for this backend, or `None` (after a `skipping:` line)
+    /// when its server is not installed, outside CI.
+    fn flags(self, test: &str) -> Option<Vec<String>> {
+        match self {
+            Backend::Embedded => Some(Vec::new()),
+            Backend::Amqp => {
+                let broker = servers::RabbitBroker::shared()?;
+                let vhost = broker.new_vhost(test);
+                Some(vec!["--queue".into(), broker.amqp_url(&vhost)])
+            }
+        }
+    }
+}
+
+/// Makes `NAME::embedded` and `NAME::amqp` tests of `async fn NAME(Backend)`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread")]
+                async fn embedded() {
+                    super::$name(super::Backend::Embedded).await
+                }
+
+                #[tokio::test(flavor = "multi_thread")]
+                async fn amqp() {
+                    super::$name(super::Backend::Amqp).await
+                }
+            }
+        )*
+    };
+}
+
+on_both_backends!(
+    a_queued_write_is_answered_202_while_the_service_sleeps_then_delivered_exactly,
+    nothing_answered_202_is_lost_when_soapcache_is_killed_while_accepting,
+    sigterm_with_messages_waiting_exits_0_and_the_next_start_delivers_them,
+    nothing_answered_202_is_lost_when_soapcache_is_killed_while_delivering,
+    a_failing_service_is_retried_with_doubling_backoff_until_it_answers,
+    a_client_fault_or_a_4xx_is_dead_lettered_at_once,
+    a_service_never_up_is_dead_lettered_after_max_attempts,
+    a_message_not_delivered_within_its_time_is_dead_lettered_as_expired,
+    messages_of_one_order_by_value_arrive_in_acceptance_order_and_others_overlap,
+    dead_letters_can_be_listed_read_retried_and_deleted,
+    bad_input_to_a_queued_operation_gets_faults_and_is_never_stored,
+    a_delivered_write_fires_its_invalidation,
+    large_and_multipart_writes_are_queued_whole_and_delivered_exactly,
+);
+
+/// On the embedded queue only.
 fn serve(test: &str, upstream: SocketAddr, extra: &str, flags: &[&str]) -> Setup {
-    let data = DataDir::new(test);
-    serve_with(test, upstream, extra, flags, data)
+    serve_on(Backend::Embedded, test, upstream, extra, flags).expect("the embedded queue")
 }
 
-fn serve_with(
+fn serve_on(
+    backend: Backend,
+    test: &str,
+    upstream: SocketAddr,
+    extra: &str,
+    flags: &[&str],
+) -> Option<Setup> {
+    let queue = backend.flags(test)?;
+    let data = DataDir::new(test);
+    Some(serve_with_queue(
+        backend, test, upstream, extra, flags, data, queue,
+    ))
+}
+
+/// `setup`'s instance again (after a kill), on the same store or vhost.
+fn serve_again(
+    setup: &mut Setup,
+    test: &str,
+    upstream: SocketAddr,
+    extra: &str,
+    flags: &[&str],
+) -> Setup {
+    let data = std::mem::replace(&mut setup.data, DataDir::new("unused"));
+    serve_with_queue(
+        setup.backend,
+        test,
+        upstream,
+        extra,
+        flags,
+        data,
+        setup.queue.clone(),
+    )
+}
+
+fn serve_with_queue(
+    backend: Backend,
     test: &str,
     upstream: SocketAddr,
     extra: &str,
     flags: &[&str],
     data: DataDir,
+    queue: Vec<String>,
 ) -> Setup {
     let policy = ScratchFile::new(test, "orders.toml", &policy(upstream, extra));
-    let mut args = vec![
-        "--policies",
-        policy.path_str(),
-        "--data-dir",
-        data.path_str(),
-    ];
+    let mut args = vec!["--policies", policy.path_str()];
+    match backend {
+        Backend::Embedded => args.extend(["--data-dir", data.path_str()]),
+        Backend::Amqp => args.extend(queue.iter().map(String::as_str)),
+    }
     args.extend_from_slice(flags);
     Setup {
         proxy: Soapcache::serve(&args),
         _policy: policy,
         data,
+        backend,
+        queue,
     }
 }
 
@@ -141,10 +244,13 @@ async fn dead_letters(http: &Http, proxy: &Soapcache) -> Vec<serde_json::Value> 
     list.as_array().cloned().unwrap_or_default()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_queued_write_is_answered_202_while_the_service_sleeps_then_delivered_exactly() {
+async fn a_queued_write_is_answered_202_while_the_service_sleeps_then_delivered_exactly(
+    backend: Backend,
+) {
     let upstream = Upstream::start(|_| ok().after(Duration::from_secs(1))).await;
-    let setup = serve("accept", upstream.addr, "", &[]);
+    let Some(setup) = serve_on(backend, "accept", upstream.addr, "", &[]) else {
+        return;
+    };
     let http = Http::default();
     let body = order("C-1", "R-1");
     let answer = http
@@ -219,6 +325,18 @@ async fn a_queued_write_is_answered_202_while_the_service_sleeps_then_delivered_
         "{metrics}"
     );
     assert!(metrics.contains("soapcache_queue_bytes 0"), "{metrics}");
+    // The broker's series only where there is a broker (deploy/'s alerts
+    // on them must not fire for an embedded instance).
+    match backend {
+        Backend::Embedded => assert!(!metrics.contains("soapcache_queue_broker_up"), "{metrics}"),
+        Backend::Amqp => {
+            assert!(metrics.contains("soapcache_queue_broker_up 1"), "{metrics}");
+            assert!(
+                metrics.contains(r#"soapcache_queue_confirms_total{result="ack"}"#),
+                "{metrics}"
+            );
+        }
+    }
 }
 
 /// What the requesters of a load were told, by `OrderRef`.
@@ -293,15 +411,17 @@ fn delivered(upstream: &Upstream) -> HashMap<String, usize> {
     counts
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn nothing_answered_202_is_lost_when_soapcache_is_killed_while_accepting() {
+async fn nothing_answered_202_is_lost_when_soapcache_is_killed_while_accepting(backend: Backend) {
     let service = free_addr();
-    let mut setup = serve(
+    let Some(mut setup) = serve_on(
+        backend,
         "kill-accept",
         service,
         "retry_backoff = \"100ms\"\nmax_retry_backoff = \"200ms\"",
         &[],
-    );
+    ) else {
+        return;
+    };
     let url = setup.proxy.url("/orders");
     // kill -9 once 400 have been accepted, from inside the load.
     let armed = Arc::new(Mutex::new(Some(ArmedSignal::new("KILL"))));
@@ -324,13 +444,12 @@ async fn nothing_answered_202_is_lost_when_soapcache_is_killed_while_accepting()
     assert!(told.accepted.len() < 1000, "the kill came mid-stream");
 
     // Restart on the same store, bring the service up.
-    let data = std::mem::replace(&mut setup.data, DataDir::new("unused"));
-    let restarted = serve_with(
+    let restarted = serve_again(
+        &mut setup,
         "kill-accept",
         service,
         "retry_backoff = \"100ms\"\nmax_retry_backoff = \"200ms\"",
         &[],
-        data,
     );
     let upstream = Upstream::start_on(service, |_| ok()).await;
     let http = Http::default();
@@ -360,8 +479,17 @@ async fn nothing_answered_202_is_lost_when_soapcache_is_killed_while_accepting()
         "{} delivered without a 202",
         unconfirmed.len()
     );
-    // The service was down before the kill: nothing was delivered twice.
-    assert!(delivered.values().all(|&n| n == 1));
+    // The service was down before the kill: nothing was delivered twice on
+    // the embedded queue, whose retry is one commit. On amqp a retry is a
+    // publish to a delay queue, then the acknowledgement of the attempt: a
+    // kill between the two leaves both copies, at most one per message the
+    // instance held (its prefetch, 16).
+    let twice = delivered.values().filter(|&&n| n > 1).count();
+    assert!(delivered.values().all(|&n| n <= 2), "{delivered:?}");
+    match backend {
+        Backend::Embedded => assert_eq!(twice, 0),
+        Backend::Amqp => assert!(twice <= 16, "{twice} delivered twice"),
+    }
     assert!(dead_letters(&http, &restarted.proxy).await.is_empty());
     eprintln!(
         "accepted {}, connection errors {}, delivered {} ({} without a 202)",
@@ -372,15 +500,17 @@ async fn nothing_answered_202_is_lost_when_soapcache_is_killed_while_accepting()
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn nothing_answered_202_is_lost_when_soapcache_is_killed_while_delivering() {
+async fn nothing_answered_202_is_lost_when_soapcache_is_killed_while_delivering(backend: Backend) {
     let service = free_addr();
-    let mut setup = serve(
+    let Some(mut setup) = serve_on(
+        backend,
         "kill-deliver",
         service,
         "",
         &["--delivery-concurrency", "16"],
-    );
+    ) else {
+        return;
+    };
     let told = load(setup.proxy.url("/orders"), 600, 16, |_| {}).await;
     assert_eq!(
         told.accepted.len(),
@@ -398,13 +528,12 @@ async fn nothing_answered_202_is_lost_when_soapcache_is_killed_while_delivering(
     setup.proxy.kill9();
     let before = upstream.count();
 
-    let data = std::mem::replace(&mut setup.data, DataDir::new("unused"));
-    let restarted = serve_with(
+    let restarted = serve_again(
+        &mut setup,
         "kill-deliver",
         service,
         "",
         &["--delivery-concurrency", "16"],
-        data,
     );
     let http = Http::default();
     assert!(drained(&http, &restarted.proxy, Duration::from_secs(60)).await);
@@ -430,8 +559,7 @@ async fn nothing_answered_202_is_lost_when_soapcache_is_killed_while_delivering(
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_failing_service_is_retried_with_doubling_backoff_until_it_answers() {
+async fn a_failing_service_is_retried_with_doubling_backoff_until_it_answers(backend: Backend) {
     let calls = Arc::new(Mutex::new(Vec::<(Instant, String)>::new()));
     let seen = calls.clone();
     let upstream = Upstream::start(move |s| {
@@ -445,12 +573,15 @@ async fn a_failing_service_is_retried_with_doubling_backoff_until_it_answers() {
         }
     })
     .await;
-    let setup = serve(
+    let Some(setup) = serve_on(
+        backend,
         "retry",
         upstream.addr,
         "max_attempts = 5\nretry_backoff = \"300ms\"\nmax_retry_backoff = \"5s\"",
         &[],
-    );
+    ) else {
+        return;
+    };
     let http = Http::default();
     assert_eq!(place(&http, &setup.proxy, "C", "R").await.status, 202);
     assert!(drained(&http, &setup.proxy, Duration::from_secs(15)).await);
@@ -468,8 +599,7 @@ async fn a_failing_service_is_retried_with_doubling_backoff_until_it_answers() {
     assert!(dead_letters(&http, &setup.proxy).await.is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_client_fault_or_a_4xx_is_dead_lettered_at_once() {
+async fn a_client_fault_or_a_4xx_is_dead_lettered_at_once(backend: Backend) {
     let upstream = Upstream::start(|s| {
         if reference_of(s) == "FAULT" {
             fault("Client", 500)
@@ -478,12 +608,15 @@ async fn a_client_fault_or_a_4xx_is_dead_lettered_at_once() {
         }
     })
     .await;
-    let setup = serve(
+    let Some(setup) = serve_on(
+        backend,
         "refused",
         upstream.addr,
         "max_attempts = 5\nretry_backoff = \"100ms\"",
         &[],
-    );
+    ) else {
+        return;
+    };
     let http = Http::default();
     let fault_id = place(&http, &setup.proxy, "C", "FAULT").await;
     let http_id = place(&http, &setup.proxy, "C", "NOTFOUND").await;
@@ -509,14 +642,16 @@ async fn a_client_fault_or_a_4xx_is_dead_lettered_at_once() {
     assert!(dead[1]["last_error"].as_str().unwrap().contains("404"));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_service_never_up_is_dead_lettered_after_max_attempts() {
-    let setup = serve(
+async fn a_service_never_up_is_dead_lettered_after_max_attempts(backend: Backend) {
+    let Some(setup) = serve_on(
+        backend,
         "failed",
         free_addr(),
         "max_attempts = 3\nretry_backoff = \"100ms\"\nmax_retry_backoff = \"100ms\"",
         &[],
-    );
+    ) else {
+        return;
+    };
     let http = Http::default();
     assert_eq!(place(&http, &setup.proxy, "C", "R").await.status, 202);
     assert!(drained(&http, &setup.proxy, Duration::from_secs(10)).await);
@@ -543,14 +678,16 @@ async fn a_service_never_up_is_dead_lettered_after_max_attempts() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_message_not_delivered_within_its_time_is_dead_lettered_as_expired() {
-    let setup = serve(
+async fn a_message_not_delivered_within_its_time_is_dead_lettered_as_expired(backend: Backend) {
+    let Some(setup) = serve_on(
+        backend,
         "expired",
         free_addr(),
         "deliver_within = \"1s\"\nretry_backoff = \"2s\"\nmax_retry_backoff = \"2s\"",
         &[],
-    );
+    ) else {
+        return;
+    };
     let http = Http::default();
     assert_eq!(place(&http, &setup.proxy, "C", "R").await.status, 202);
     assert!(drained(&http, &setup.proxy, Duration::from_secs(10)).await);
@@ -559,8 +696,9 @@ async fn a_message_not_delivered_within_its_time_is_dead_lettered_as_expired() {
     assert_eq!(dead[0]["reason"], "expired");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn messages_of_one_order_by_value_arrive_in_acceptance_order_and_others_overlap() {
+async fn messages_of_one_order_by_value_arrive_in_acceptance_order_and_others_overlap(
+    backend: Backend,
+) {
     // (customer, reference, start, end) of each request the service handled.
     let log = Arc::new(Mutex::new(Vec::<(String, usize, Instant)>::new()));
     let in_service = Arc::new(AtomicUsize::new(0));
@@ -585,12 +723,15 @@ async fn messages_of_one_order_by_value_arrive_in_acceptance_order_and_others_ov
         ok().after(delay)
     })
     .await;
-    let setup = serve(
+    let Some(setup) = serve_on(
+        backend,
         "order",
         upstream.addr,
         "order_by = [\"string(o:CustomerId)\"]",
         &["--delivery-concurrency", "16"],
-    );
+    ) else {
+        return;
+    };
     let url = setup.proxy.url("/orders");
     let mut tasks = Vec::new();
     for c in 0..10 {
@@ -636,8 +777,7 @@ async fn messages_of_one_order_by_value_arrive_in_acceptance_order_and_others_ov
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn dead_letters_can_be_listed_read_retried_and_deleted() {
+async fn dead_letters_can_be_listed_read_retried_and_deleted(backend: Backend) {
     let accept = Arc::new(AtomicBool::new(false));
     let flag = accept.clone();
     let upstream = Upstream::start(move |_| {
@@ -648,7 +788,9 @@ async fn dead_letters_can_be_listed_read_retried_and_deleted() {
         }
     })
     .await;
-    let setup = serve("dead", upstream.addr, "", &[]);
+    let Some(setup) = serve_on(backend, "dead", upstream.addr, "", &[]) else {
+        return;
+    };
     let http = Http::default();
     let mut ids = Vec::new();
     for n in 0..4 {
@@ -740,10 +882,11 @@ async fn dead_letters_can_be_listed_read_retried_and_deleted() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn bad_input_to_a_queued_operation_gets_faults_and_is_never_stored() {
+async fn bad_input_to_a_queued_operation_gets_faults_and_is_never_stored(backend: Backend) {
     let upstream = Upstream::start(|_| ok()).await;
-    let setup = serve("bad", upstream.addr, "", &["--max-body", "4KiB"]);
+    let Some(setup) = serve_on(backend, "bad", upstream.addr, "", &["--max-body", "4KiB"]) else {
+        return;
+    };
     let http = Http::default();
     let url = setup.proxy.url("/orders");
     let malformed = http.soap(&url, "<soap:Envelope xmlns:soap=\"http://schemas.xmlsoap.org/soap/envelope/\"><soap:Body><o:PlaceOrder").await;
@@ -852,10 +995,11 @@ async fn an_unusable_data_dir_answers_503_and_the_proxy_still_starts() {
     assert!(q["error"].as_str().unwrap().contains("cannot open"), "{q}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sigterm_with_messages_waiting_exits_0_and_the_next_start_delivers_them() {
+async fn sigterm_with_messages_waiting_exits_0_and_the_next_start_delivers_them(backend: Backend) {
     let service = free_addr();
-    let mut setup = serve("sigterm", service, "", &[]);
+    let Some(mut setup) = serve_on(backend, "sigterm", service, "", &[]) else {
+        return;
+    };
     let told = load(setup.proxy.url("/orders"), 500, 8, |_| {}).await;
     assert_eq!(told.accepted.len(), 500);
     let started = Instant::now();
@@ -867,9 +1011,8 @@ async fn sigterm_with_messages_waiting_exits_0_and_the_next_start_delivers_them(
     assert!(status.success(), "{status:?}");
     eprintln!("stopped in {:?}", started.elapsed());
 
-    let data = std::mem::replace(&mut setup.data, DataDir::new("unused"));
     let upstream = Upstream::start_on(service, |_| ok()).await;
-    let restarted = serve_with("sigterm", service, "", &[], data);
+    let restarted = serve_again(&mut setup, "sigterm", service, "", &[]);
     let http = Http::default();
     assert!(drained(&http, &restarted.proxy, Duration::from_secs(30)).await);
     let delivered = delivered(&upstream);
@@ -877,8 +1020,7 @@ async fn sigterm_with_messages_waiting_exits_0_and_the_next_start_delivers_them(
     assert_eq!(delivered.len(), 500);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_delivered_write_fires_its_invalidation() {
+async fn a_delivered_write_fires_its_invalidation(backend: Backend) {
     // GetPrice is cached by ttl; PlaceOrder, queued, invalidates it.
     let upstream = Upstream::start(|s| {
         let text = String::from_utf8_lossy(&s.body).into_owned();
@@ -890,7 +1032,9 @@ async fn a_delivered_write_fires_its_invalidation() {
     })
     .await;
     let extra = "\n[[operation]]\nelement = \"o:GetPrice\"\nkey = [\"string(o:CustomerId)\"]\nttl = \"1h\"\n\n[[invalidate]]\nelement = \"o:PlaceOrder\"\nkey = [\"string(o:CustomerId)\"]\ntargets = [\"o:GetPrice\"]\n";
-    let setup = serve("invalidate", upstream.addr, extra, &[]);
+    let Some(setup) = serve_on(backend, "invalidate", upstream.addr, extra, &[]) else {
+        return;
+    };
     let http = Http::default();
     let get = format!("<soap:Envelope xmlns:soap=\"{SOAP11}\"><soap:Body><o:GetPrice xmlns:o=\"{ORDERS}\"><o:CustomerId>C-9</o:CustomerId></o:GetPrice></soap:Body></soap:Envelope>");
     assert_eq!(
@@ -921,10 +1065,11 @@ async fn a_reload_that_would_queue_without_a_data_dir_is_refused() {
     assert!(reload.text().contains("--data-dir"), "{}", reload.text());
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn large_and_multipart_writes_are_queued_whole_and_delivered_exactly() {
+async fn large_and_multipart_writes_are_queued_whole_and_delivered_exactly(backend: Backend) {
     let upstream = Upstream::start(|_| ok()).await;
-    let setup = serve("large", upstream.addr, "", &["--max-body", "4MiB"]);
+    let Some(setup) = serve_on(backend, "large", upstream.addr, "", &["--max-body", "4MiB"]) else {
+        return;
+    };
     let http = Http::default();
     let large = order("C", &"L".repeat(2 << 20));
     let answer = http.soap(&setup.proxy.url("/orders"), &large).await;

@@ -241,6 +241,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), StartError> {
             concurrency: usize::try_from(args.delivery_concurrency).unwrap_or(16),
             dedup_max_bytes: args.dedup_max_bytes,
             results_max_bytes: args.results_max_bytes,
+            shared_cache: args.shared_cache.clone(),
         },
         shared_cache: args.shared_cache.clone().map(|url| SharedSettings {
             url,

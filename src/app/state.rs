@@ -88,6 +88,7 @@ impl State {
             queue,
             dedup,
             results,
+            ..
         } = stores;
         let metrics = Metrics::new();
         let memory = MemoryTier::new(settings.cache_size);
@@ -126,6 +127,10 @@ impl State {
             queue: self.queue.clone(),
             dedup: self.dedup.clone(),
             results: self.results.clone(),
+            records_need_shared_cache: matches!(
+                self.settings.queue.backend,
+                crate::delivery::QueueBackend::Amqp(_)
+            ) && self.settings.queue.shared_cache.is_none(),
         }
     }
 

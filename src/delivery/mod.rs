@@ -5,11 +5,14 @@
 //! - [`accept`]: from a parsed request to a stored message and its 202 (or
 //!   503), called by the proxy;
 //! - [`Queue`]: what a queue backend does; [`store`] is the embedded one
-//!   (SQLite in `--data-dir`);
+//!   (SQLite in `--data-dir`), [`amqp`] the RabbitMQ one, with message ids
+//!   and results in Redis ([`records`]) when `--shared-cache` is given;
 //! - [`worker`]: one delivery attempt and what its answer means, the same
 //!   for every backend; [`retry`]: what follows an attempt.
 
 pub mod accept;
+pub mod amqp;
+pub mod records;
 pub mod reply;
 pub mod retry;
 pub mod store;
@@ -48,6 +51,9 @@ pub struct QueueSettings {
     pub dedup_max_bytes: u64,
     /// `--results-max-bytes`.
     pub results_max_bytes: u64,
+    /// `--shared-cache`: where the amqp backend keeps message ids and
+    /// results (reference §13).
+    pub shared_cache: Option<String>,
 }
 
 impl Default for QueueSettings {
@@ -59,6 +65,7 @@ impl Default for QueueSettings {
             concurrency: 16,
             dedup_max_bytes: 256 << 20,
             results_max_bytes: 256 << 20,
+            shared_cache: None,
         }
     }
 }
@@ -74,8 +81,20 @@ pub enum SetupError {
         operation: String,
         key: &'static str,
     },
-    #[error("--queue {0}: the RabbitMQ queue backend is not built yet; use --queue embedded with --data-dir")]
-    AmqpNotBuilt(String),
+    #[error("{service}: operation {operation} uses {key}, but --queue amqp:// keeps no message ids or results of its own: give --shared-cache redis://… so that the fleet shares them, or set {key} = 0")]
+    NeedsSharedCache {
+        service: String,
+        operation: String,
+        key: &'static str,
+    },
+    #[error("--queue amqps://…: TLS to RabbitMQ is not built yet; use amqp:// (on a trusted network or through a TLS tunnel)")]
+    AmqpsNotBuilt,
+    #[error("--shared-cache {url}: {source}")]
+    Records {
+        url: String,
+        #[source]
+        source: redis::RedisError,
+    },
     #[error("cannot start the queue's store thread: {0}")]
     Thread(#[source] std::io::Error),
 }
@@ -88,6 +107,9 @@ pub struct Stores {
     pub queue: Option<Arc<dyn Queue>>,
     pub dedup: Option<Arc<dyn Dedup>>,
     pub results: Option<Arc<dyn Results>>,
+    /// Message ids and results would be in Redis (`--queue amqp://`
+    /// without `--shared-cache`): what a policy needing them is told.
+    pub records_need_shared_cache: bool,
 }
 
 impl QueueSettings {
@@ -95,7 +117,35 @@ impl QueueSettings {
     /// the embedded backend.
     pub fn open(&self) -> Result<Stores, SetupError> {
         match (&self.backend, &self.data_dir) {
-            (QueueBackend::Amqp(url), _) => Err(SetupError::AmqpNotBuilt(url.clone())),
+            (QueueBackend::Amqp(url), _) if url.starts_with("amqps://") => {
+                Err(SetupError::AmqpsNotBuilt)
+            }
+            (QueueBackend::Amqp(url), _) => {
+                let records = match &self.shared_cache {
+                    None => None,
+                    Some(redis_url) => {
+                        Some(records::RedisRecords::open(redis_url).map_err(|source| {
+                            SetupError::Records {
+                                url: redis_url.clone(),
+                                source,
+                            }
+                        })?)
+                    }
+                };
+                let queue = Arc::new(amqp::AmqpQueue::open(
+                    url,
+                    records.clone(),
+                    self.concurrency,
+                ));
+                let dedup = records.clone().map(|r| Arc::new(r) as Arc<dyn Dedup>);
+                let results = records.map(|r| Arc::new(r) as Arc<dyn Results>);
+                Ok(Stores {
+                    queue: Some(queue),
+                    dedup,
+                    results,
+                    records_need_shared_cache: self.shared_cache.is_none(),
+                })
+            }
             (QueueBackend::Embedded, None) => Ok(Stores::default()),
             (QueueBackend::Embedded, Some(dir)) => {
                 let bounds = store::Bounds {
@@ -111,6 +161,7 @@ impl QueueSettings {
                     queue: Some(embedded.clone()),
                     dedup: Some(embedded.clone()),
                     results: Some(embedded),
+                    records_need_shared_cache: false,
                 })
             }
         }
@@ -136,6 +187,13 @@ pub fn unmet_need(policies: &crate::policy::PolicySet, stores: &Stores) -> Optio
             continue;
         }
         if let Some((service, operation)) = policies.operations_where(uses).into_iter().next() {
+            if stores.records_need_shared_cache {
+                return Some(SetupError::NeedsSharedCache {
+                    service,
+                    operation,
+                    key,
+                });
+            }
             return Some(SetupError::NoStore {
                 service,
                 operation,
@@ -478,6 +536,12 @@ pub trait Queue: Send + Sync {
 
     /// Whether the store (or broker) answered last time it was asked.
     fn connected(&self) -> bool;
+
+    /// The broker's connection and publisher confirms, for a backend
+    /// that has a broker.
+    fn broker(&self) -> Option<amqp::BrokerStats> {
+        None
+    }
 
     /// Stores `message`; with `dedup`, atomically with its id: a repeat
     /// within the window is not stored again.

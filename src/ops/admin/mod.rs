@@ -65,6 +65,9 @@ impl Admin {
         match (request.method(), path) {
             (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok"),
             (&Method::GET, "/metrics") => {
+                if let Some(broker) = state.queue.as_ref().and_then(|q| q.broker()) {
+                    state.metrics.broker(&broker);
+                }
                 let mut response = text(StatusCode::OK, &state.metrics.encode(memory, state.memo.size(), queue_stats.as_ref()));
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,

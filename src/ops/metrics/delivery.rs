@@ -42,6 +42,12 @@ struct ResultLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConfirmLabels {
+    /// `ack`, `nack` or `timeout`.
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DuplicateLabels {
     service: String,
     /// `queued` (acknowledged again) or `direct` (answer replayed).
@@ -82,6 +88,62 @@ pub struct DeliveryMetrics {
     results_retained: Gauge,
     results_bytes: Gauge,
     results_evictions: FollowedCounter,
+    /// The broker's series, registered only for a queue with a broker.
+    broker: std::sync::OnceLock<BrokerMetrics>,
+}
+
+/// The series of `--queue amqp://` (reference §13.4), under the names
+/// deploy/'s dashboards and alerts use. Registered only on an instance
+/// with a broker: an embedded instance exports none, so that it never
+/// alerts as a broker down.
+pub struct BrokerMetrics {
+    up: Gauge,
+    /// Publisher confirms by result, following the queue's own counts.
+    confirms: [(&'static str, FollowedCounter); 3],
+    family: Family<ConfirmLabels, Counter>,
+}
+
+impl BrokerMetrics {
+    pub fn register(registry: &mut Registry) -> BrokerMetrics {
+        let metrics = BrokerMetrics {
+            up: Gauge::default(),
+            confirms: [
+                ("ack", FollowedCounter::default()),
+                ("nack", FollowedCounter::default()),
+                ("timeout", FollowedCounter::default()),
+            ],
+            family: Family::default(),
+        };
+        registry.register(
+            "soapcache_queue_broker_up",
+            "Whether the RabbitMQ broker of --queue amqp:// is connected (1) or not (0)",
+            metrics.up.clone(),
+        );
+        registry.register(
+            "soapcache_queue_confirms",
+            "Publisher confirms of RabbitMQ by result (ack, nack, timeout)",
+            metrics.family.clone(),
+        );
+        metrics
+    }
+
+    /// The series as the amqp queue says now.
+    fn set(&self, broker: &crate::delivery::amqp::BrokerStats) {
+        self.up.set(i64::from(broker.up));
+        for (result, followed) in &self.confirms {
+            let total = match *result {
+                "ack" => broker.confirms_ack,
+                "nack" => broker.confirms_nack,
+                _ => broker.confirms_timeout,
+            };
+            let before = followed.seen.swap(total, Ordering::Relaxed);
+            if total > before {
+                self.family
+                    .get_or_create(&ConfirmLabels { result })
+                    .inc_by(total - before);
+            }
+        }
+    }
 }
 
 impl DeliveryMetrics {
@@ -101,6 +163,7 @@ impl DeliveryMetrics {
             results_retained: Gauge::default(),
             results_bytes: Gauge::default(),
             results_evictions: FollowedCounter::default(),
+            broker: std::sync::OnceLock::new(),
         };
         registry.register(
             "soapcache_queue_messages",
@@ -223,6 +286,21 @@ impl DeliveryMetrics {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// The broker's series as the amqp queue says now, registered with
+    /// `registry` the first time.
+    pub fn set_broker(
+        &self,
+        registry: &std::sync::Mutex<Registry>,
+        broker: &crate::delivery::amqp::BrokerStats,
+    ) {
+        self.broker
+            .get_or_init(|| {
+                let mut registry = registry.lock().unwrap_or_else(|p| p.into_inner());
+                BrokerMetrics::register(&mut registry)
+            })
+            .set(broker);
     }
 
     /// The gauges as the queue says now: series of services with nothing

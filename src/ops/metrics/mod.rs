@@ -347,6 +347,13 @@ impl Metrics {
         self.reloads.inc();
     }
 
+    /// The broker's series (reference §13.4) as `broker` says now;
+    /// registered by the first call, so only a queue with a broker has
+    /// them.
+    pub fn broker(&self, broker: &crate::delivery::amqp::BrokerStats) {
+        self.delivery.set_broker(&self.registry, broker);
+    }
+
     /// Registers the shared tier's series (see [`SharedCacheMetrics`]).
     pub fn shared_cache(&self) -> SharedCacheMetrics {
         let mut registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
