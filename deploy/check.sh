@@ -129,10 +129,11 @@ PROMTOOL=$TOOLS/promtool
 
 SOAPCACHE_BIN=${SOAPCACHE_BIN:-}
 if [ -z "$SOAPCACHE_BIN" ]; then
+    # The newest build: a release binary left from an older `cargo run
+    # --release` must not stand in for the tree being checked.
     for candidate in target/release/soapcache target/debug/soapcache; do
-        if [ -x "$candidate" ]; then
+        if [ -x "$candidate" ] && { [ -z "$SOAPCACHE_BIN" ] || [ "$candidate" -nt "$SOAPCACHE_BIN" ]; }; then
             SOAPCACHE_BIN=$ROOT/$candidate
-            break
         fi
     done
 fi
