@@ -13,6 +13,7 @@ use quick_xml::name::{NamespaceResolver, ResolveResult};
 
 use crate::soap::addressing::{Addressing, Collector};
 use crate::soap::SoapVersion;
+use crate::xml::proof::Proof;
 use crate::xml::{append_character_data, ExpandedName, FragmentReader};
 
 /// Deeper nesting than this is refused: real SOAP messages are shallow, and
@@ -151,6 +152,10 @@ fn scan(body: &[u8], head_only: bool) -> Result<Scanned<'_>, EnvelopeError> {
     let mut root_done = false;
     let mut declarations = 0usize;
     let mut addressing = Collector::default();
+    let mut proof = Proof::new(body);
+    if bom > 0 {
+        proof.leave_open();
+    }
 
     loop {
         let before = reader.buffer_position() as usize;
@@ -167,6 +172,9 @@ fn scan(body: &[u8], head_only: bool) -> Result<Scanned<'_>, EnvelopeError> {
             }
             Err(e) => return Err(EnvelopeError::new(version, format!("malformed XML: {e}"))),
         };
+        if !head_only {
+            proof.event(&event, before);
+        }
         let is_empty = matches!(event, Event::Empty(_));
         match event {
             Event::DocType(_) => {
@@ -363,7 +371,7 @@ fn scan(body: &[u8], head_only: bool) -> Result<Scanned<'_>, EnvelopeError> {
     if !seen_body {
         return Err(EnvelopeError::new(Some(version), "Envelope has no Body"));
     }
-    check_well_formed(document, version)?;
+    check_well_formed(document, version, proof.holds())?;
     Ok(Scanned::Whole(RequestEnvelope {
         version,
         operation,
@@ -374,12 +382,20 @@ fn scan(body: &[u8], head_only: bool) -> Result<Scanned<'_>, EnvelopeError> {
 
 /// The full well-formedness check quick-xml's scan does not make (names,
 /// characters, attribute values, attributes duplicated after namespace
-/// resolution, ...), by roxmltree, a strict parser. It runs only for bodies
+/// resolution, ...): the scan's own proof when it holds (`proven`, see
+/// `xml::proof`), else roxmltree, a strict parser. It runs only for bodies
 /// not seen before: repeats are answered from the memo without any parse.
-fn check_well_formed(document: &[u8], version: SoapVersion) -> Result<(), EnvelopeError> {
+fn check_well_formed(
+    document: &[u8],
+    version: SoapVersion,
+    proven: bool,
+) -> Result<(), EnvelopeError> {
     let malformed =
         |reason: String| EnvelopeError::new(Some(version), format!("malformed XML: {reason}"));
     let text = std::str::from_utf8(document).map_err(|e| malformed(format!("not UTF-8: {e}")))?;
+    if proven {
+        return Ok(());
+    }
     roxmltree::Document::parse(text).map_err(|e| malformed(e.to_string()))?;
     Ok(())
 }

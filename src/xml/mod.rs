@@ -2,6 +2,8 @@
 //! digest: expanded names, a namespace-aware reader over one element's
 //! bytes, and character data as XML defines it.
 
+pub mod proof;
+
 use quick_xml::events::Event;
 use quick_xml::name::{LocalName, NamespaceResolver, QName, ResolveResult};
 use quick_xml::Reader;
