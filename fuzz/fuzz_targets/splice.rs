@@ -9,6 +9,9 @@
 //!    no addressed CacheControl left; an entry stored from the kept pieces
 //!    holds the same bytes; the lifetime parsers accept whatever
 //!    the block says without panicking;
+//!    and where the streaming reading decides on its own (its proof of
+//!    well-formedness holds), it is exactly the tree reading, and roxmltree
+//!    accepts the body;
 //! 2. as the choices of a generated response (fuzz/src/response.rs): the
 //!    same checks, plus the exact expected answer: version, fault, the
 //!    byte ranges of precisely the addressed blocks (no role, `next`, or a
@@ -21,7 +24,7 @@ use std::time::{Duration, SystemTime};
 use arbitrary::Unstructured;
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use soapcache::soap::control::{inspect_response, kept, splice, ResponseEnvelope};
+use soapcache::soap::control::{inspect_response, kept, splice, stream, tree, ResponseEnvelope};
 use soapcache::cache::lifetime::{expires_at, parse_date_time, parse_max_age};
 use soapcache::cache::entry::{Entry, Times};
 use soapcache_fuzz::response::response;
@@ -105,8 +108,25 @@ fn check(body: &[u8], roles: &[String], info: &ResponseEnvelope) {
     }
 }
 
+/// The streaming reading against the tree reading on the same bytes.
+fn differential(body: &[u8], roles: &[String]) {
+    let stream::Read::Proven(streamed) = stream::read(body, roles) else {
+        return;
+    };
+    let text = std::str::from_utf8(body).expect("a proven body is UTF-8");
+    if let Err(e) = roxmltree::Document::parse(text) {
+        panic!("proven well-formed but roxmltree refuses it ({e}): {text:?}");
+    }
+    assert_eq!(
+        streamed,
+        tree::read(body, roles),
+        "the streaming and tree readings differ on {text:?}"
+    );
+}
+
 fuzz_target!(|data: &[u8]| {
     let roles = vec!["urn:role:a".to_owned()];
+    differential(data, &roles);
     if let Some(info) = inspect_response(data, &roles) {
         check(data, &roles, &info);
     }
@@ -118,6 +138,7 @@ fuzz_target!(|data: &[u8]| {
         &generated.xml,
     );
     let xml = generated.xml.as_bytes();
+    differential(xml, &generated.roles);
     let Some(info) = inspect_response(xml, &generated.roles) else {
         panic!("a generated response was refused: {:?}", generated.xml);
     };
