@@ -710,6 +710,17 @@ fn measure_round(settings: &Settings) -> Result<Vec<Row>, String> {
             "warm-up: HTTP {}, X-Cache {}",
             first.status, first.x_cache
         ));
+        let totals = |v: &Option<serde_json::Value>, k: &str| {
+            v.as_ref()?.get("queue")?.get("totals")?.get(k)?.as_u64()
+        };
+        if let (Some(delivered), Some(ready)) =
+            (totals(&after, "delivered"), totals(&after, "ready"))
+        {
+            let delivered = delivered - totals(&before, "delivered").unwrap_or(0);
+            row.notes.push(format!(
+                "{delivered} delivered during the run, {ready} waiting at its end"
+            ));
+        }
         row.notes.push(service_counts_note(
             before,
             after,
