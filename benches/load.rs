@@ -1901,7 +1901,7 @@ fn loadavg() -> String {
 
 fn command_line() -> String {
     let mut env = String::new();
-    for k in ["LOAD_SECONDS", "LOAD_CONNECTIONS"] {
+    for k in ["LOAD_SECONDS", "LOAD_CONNECTIONS", "LOAD_ROUNDS"] {
         if let Ok(v) = std::env::var(k) {
             let _ = write!(env, "{k}={v} ");
         }
