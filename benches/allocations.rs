@@ -4,7 +4,12 @@
 //! only, so that it slows no other bench). Then the whole process per
 //! answer: soapcache started in this process answering cache hits over a
 //! keep-alive connection, against the same service answered directly (the
-//! baseline), from a client that itself allocates nothing.
+//! baseline), from a client that itself allocates nothing; and the same per
+//! miss, every request going upstream: `Cache-Control: no-cache` (forward,
+//! cut out `CacheControl`, store the answer) and `Cache-Control: no-store`
+//! (bypass: forward, cut out `CacheControl`, store nothing). The service
+//! runs in this process too, so a miss's count includes the service's own
+//! answer: the count less the direct one is soapcache's share.
 //!
 //! `cargo bench --bench allocations`; run as a test (no `--bench`
 //! argument) it only says how to run it.
@@ -198,14 +203,21 @@ fn whole_process(request_body: &str) {
         std::mem::forget(running);
         (service, proxy)
     });
-    let request = format!(
-        "POST /catalog HTTP/1.1\r\nHost: bench\r\nContent-Type: text/xml; charset=utf-8\r\n\
-         SOAPAction: \"http://example.org/2001/06/catalog/CatalogPriceRequest\"\r\n\
-         Content-Length: {}\r\n\r\n{request_body}",
-        request_body.len()
-    );
+    let request_with = |extra: &str| {
+        format!(
+            "POST /catalog HTTP/1.1\r\nHost: bench\r\nContent-Type: text/xml; charset=utf-8\r\n\
+             SOAPAction: \"http://example.org/2001/06/catalog/CatalogPriceRequest\"\r\n\
+             {extra}Content-Length: {}\r\n\r\n{request_body}",
+            request_body.len()
+        )
+    };
+    let request = request_with("");
     let direct = per_answer(service, request.as_bytes(), N, "");
     let hits = per_answer(proxy, request.as_bytes(), N, "x-cache: HIT");
+    let refresh = request_with("Cache-Control: no-cache\r\n");
+    let misses = per_answer(proxy, refresh.as_bytes(), N, "x-cache: MISS");
+    let no_store = request_with("Cache-Control: no-store\r\n");
+    let bypasses = per_answer(proxy, no_store.as_bytes(), N, "x-cache: BYPASS");
     println!(
         "whole process per answer, one keep-alive connection, {N} requests \
          (soapcache and the service in this process, on one tokio worker):"
@@ -218,9 +230,32 @@ fn whole_process(request_body: &str) {
         "  soapcache, cache hit          {:>6.2} allocations {:>6.0} bytes",
         hits.0, hits.1
     );
+    for (label, (allocations, bytes)) in [
+        ("soapcache, miss and store", misses),
+        ("soapcache, bypass", bypasses),
+    ] {
+        println!(
+            "  {label:<29} {allocations:>6.2} allocations {bytes:>6.0} bytes \
+             (less the service's answer: {:.2} allocations {:.0} bytes)",
+            allocations - direct.0,
+            bytes - direct.1
+        );
+    }
+    println!(
+        "  (miss and store: request Cache-Control: no-cache, the answer's CacheControl cut out and \
+         stored each time; bypass: Cache-Control: no-store)"
+    );
     println!(
         "allocations per hit ÷ per direct answer: {:.2}",
         hits.0 / direct.0
+    );
+    println!(
+        "allocations per miss and store ÷ per direct answer: {:.2}",
+        misses.0 / direct.0
+    );
+    println!(
+        "allocations per bypass ÷ per direct answer: {:.2}",
+        bypasses.0 / direct.0
     );
     drop(runtime);
 }
@@ -264,7 +299,8 @@ fn per_answer(addr: SocketAddr, request: &[u8], n: u64, expect: &str) -> (f64, f
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         assert!(head.contains(expect), "{head}");
     };
-    // The first answer through soapcache is its miss.
+    // The first answer through soapcache is its miss (or, with a
+    // Cache-Control request header, each is).
     for _ in 0..200 {
         exchange(&mut stream, "");
     }

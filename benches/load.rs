@@ -10,12 +10,21 @@
 //!   every POST with a fixed ~600-byte SOAP 1.1 response with `CacheControl`;
 //! - (b)  soapcache, every request a hit;
 //! - (c)  soapcache, every request a miss (the upstream sends no `CacheControl`);
+//! - (c1) soapcache, every request a bypass (request `Cache-Control: no-store`):
+//!   forwarded past the cache both ways, `CacheControl` still cut out;
+//! - (c2) soapcache, every request a miss and store (request
+//!   `Cache-Control: no-cache`): forwarded, `CacheControl` cut out, the
+//!   answer stored (refreshing the entry) every time;
 //! - (d)  nginx `proxy_cache` keyed on the request body, every request a hit;
 //! - (d') nginx as a plain reverse proxy;
 //! - (e)  soapcache, 10 000 distinct keys requested uniformly at random;
+//! - (f)  soapcache accepting a `delivery = "queued"` operation on its
+//!   embedded store (SQLite in `--data-dir`, no `--queue`): 202 to every
+//!   request, the messages delivered to the upstream in the background;
 //!
 //! and (a) and (c) again with one connection, for the latency the miss path
-//! adds. Environment: `LOAD_SECONDS` (default 8), `LOAD_CONNECTIONS`
+//! adds. The verdicts compare bypass and miss-and-store with (d'), the 10 000
+//! key mix with (a), and print the queued accepts against (a) and (d'). Environment: `LOAD_SECONDS` (default 8), `LOAD_CONNECTIONS`
 //! (default 64), `LOAD_KEEP_TMP=1` keeps the temporary directory.
 //!
 //! Run as a test (`cargo test --all-targets`, no `--bench` argument) it only
@@ -52,8 +61,23 @@ fn main() {
         return;
     }
     // For benches/instructions.sh: the wrk script the load runs use.
-    if args.iter().any(|a| a == "--print-request-script") {
-        print!("{}", fixed_script(&request_body(PART)));
+    // `--print-request-script no-cache` (or `no-store`) adds that
+    // `Cache-Control` request header.
+    if let Some(i) = args.iter().position(|a| a == "--print-request-script") {
+        let body = request_body(PART);
+        match args.get(i + 1).map(String::as_str) {
+            Some(directive @ ("no-cache" | "no-store")) => {
+                print!(
+                    "{}",
+                    fixed_script_with(&body, &[("Cache-Control", directive)])
+                );
+            }
+            Some(other) if !other.starts_with('-') => {
+                eprintln!("--print-request-script [no-cache|no-store], not {other}");
+                std::process::exit(2);
+            }
+            _ => print!("{}", fixed_script(&body)),
+        }
         return;
     }
     if !args.iter().any(|a| a == "--bench") {
@@ -246,7 +270,13 @@ struct Settings {
     tmp: PathBuf,
     request: String,
     fixed_script: PathBuf,
+    /// The fixed request with `Cache-Control: no-store` (bypass).
+    no_store_script: PathBuf,
+    /// The fixed request with `Cache-Control: no-cache` (miss and store).
+    no_cache_script: PathBuf,
     mix_script: PathBuf,
+    /// The fixed request sent to (f)'s queued route.
+    queued_script: PathBuf,
 }
 
 /// What one wrk run measured.
@@ -283,7 +313,10 @@ const LABEL_C: &str = "(c) soapcache, all misses (pass-through)";
 const LABEL_C1: &str = "(c) soapcache, all misses, 1 connection";
 const LABEL_D: &str = "(d) nginx proxy_cache, all hits";
 const LABEL_D2: &str = "(d') nginx plain reverse proxy";
+const LABEL_C_BYPASS: &str = "(c1) soapcache, bypass (request Cache-Control: no-store)";
+const LABEL_C_REFRESH: &str = "(c2) soapcache, miss and store (request Cache-Control: no-cache)";
 const LABEL_E: &str = "(e) soapcache, 10 000 keys uniform";
+const LABEL_F: &str = "(f) soapcache, queued accepts (202, embedded store)";
 
 fn run() -> Result<(), String> {
     let started = Instant::now();
@@ -315,7 +348,18 @@ fn run() -> Result<(), String> {
         seconds,
         connections,
         fixed_script: write_file(&tmp, "fixed.lua", &fixed_script(&request))?,
+        no_store_script: write_file(
+            &tmp,
+            "no-store.lua",
+            &fixed_script_with(&request, &[("Cache-Control", "no-store")]),
+        )?,
+        no_cache_script: write_file(
+            &tmp,
+            "no-cache.lua",
+            &fixed_script_with(&request, &[("Cache-Control", "no-cache")]),
+        )?,
         mix_script: write_file(&tmp, "mix.lua", &mix_script())?,
+        queued_script: write_file(&tmp, "queued.lua", &fixed_script(&request))?,
         tmp: tmp.clone(),
         request,
     };
@@ -464,6 +508,96 @@ fn measure_round(settings: &Settings) -> Result<Vec<Row>, String> {
         }
     }
 
+    // (c1) bypass: `Cache-Control: no-store` on every request; (c2) miss
+    // and store: `Cache-Control: no-cache` on every request. The upstream
+    // sends `CacheControl`, which soapcache cuts out either way.
+    for (label, directive, script, want, name) in [
+        (
+            LABEL_C_BYPASS,
+            "no-store",
+            settings.no_store_script.as_path(),
+            "BYPASS",
+            "soapcache-c1",
+        ),
+        (
+            LABEL_C_REFRESH,
+            "no-cache",
+            settings.no_cache_script.as_path(),
+            "MISS",
+            "soapcache-c2",
+        ),
+    ] {
+        let upstream = start_upstream(settings, Mode::Cache, &format!("upstream-{name}"))?;
+        let soapcache = start_soapcache(settings, upstream.addr, name, "warn")?;
+        let headers = [("Cache-Control", directive)];
+        let first = check(
+            soapcache.proxy.addr,
+            &settings.request,
+            &headers,
+            200,
+            Some(want),
+        )?;
+        let second = check(
+            soapcache.proxy.addr,
+            &settings.request,
+            &headers,
+            200,
+            Some(want),
+        )?;
+        let before = stats(soapcache.admin);
+        let servers = [&soapcache.proxy, &upstream];
+        let measured = wrk(
+            settings,
+            label,
+            soapcache.proxy.addr,
+            script,
+            connections,
+            &servers,
+        )?;
+        let after = stats(soapcache.admin);
+        let counter = if directive == "no-store" {
+            "bypasses"
+        } else {
+            "misses"
+        };
+        let counted = service_count(&after, counter).zip(service_count(&before, counter));
+        if let Some((a, b)) = counted {
+            // Every request the run sent must have been one of these.
+            if a - b < measured.requests {
+                return Err(format!(
+                    "{label}: /stats counted {} {counter} for {} requests",
+                    a - b,
+                    measured.requests
+                ));
+            }
+        }
+        let mut row = Row::new(label, connections, measured);
+        row.notes.push(format!(
+            "warm-up: {}, then {}",
+            first.x_cache, second.x_cache
+        ));
+        if !first.cache_status.is_empty() {
+            row.notes
+                .push(format!("Cache-Status: {}", second.cache_status));
+        }
+        row.notes.push(service_counts_note(
+            before,
+            after.clone(),
+            &["hits", "misses", "bypasses", "errors"],
+        ));
+        if directive == "no-cache" {
+            if let Some(entries) = after
+                .as_ref()
+                .and_then(|s| s.get("entries"))
+                .and_then(|v| v.as_u64())
+            {
+                row.notes.push(format!("{entries} entries"));
+            }
+        }
+        row.notes.push(rss_note(&soapcache.proxy));
+        rows.push(row);
+    }
+
     // (d) nginx proxy_cache, (d') nginx plain reverse proxy.
     for (label, cache) in [(LABEL_D, true), (LABEL_D2, false)] {
         if nginx_binary().is_none() {
@@ -535,7 +669,94 @@ fn measure_round(settings: &Settings) -> Result<Vec<Row>, String> {
         row.notes.push(rss_note(&soapcache.proxy));
         rows.push(row);
     }
+
+    // (f) soapcache accepting queued messages on its embedded store: every
+    // request answered 202 after the commit to SQLite; the deliveries to the
+    // upstream (which answers any POST) run in the background meanwhile, on
+    // the same core, and count in the server CPU.
+    {
+        let upstream = start_upstream(settings, Mode::Cache, "upstream-f")?;
+        let dir = settings.tmp.join("soapcache-f");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("data")).map_err(|e| e.to_string())?;
+        let policy = write_file(&dir, "queued.toml", &queued_policy(upstream.addr))?;
+        let soapcache = start_soapcache_with(
+            settings,
+            upstream.addr,
+            "soapcache-f",
+            "warn",
+            &[
+                "--policies".into(),
+                policy.display().to_string(),
+                "--data-dir".into(),
+                dir.join("data").display().to_string(),
+            ],
+        )?;
+        let first = check(soapcache.proxy.addr, &settings.request, &[], 202, None)?;
+        let upstream_before = tree_cpu_ticks(upstream.process.pid());
+        let before = stats(soapcache.admin);
+        let servers = [&soapcache.proxy, &upstream];
+        let measured = wrk(
+            settings,
+            LABEL_F,
+            soapcache.proxy.addr,
+            &settings.queued_script,
+            connections,
+            &servers,
+        )?;
+        let after = stats(soapcache.admin);
+        let mut row = Row::new(LABEL_F, connections, measured);
+        row.notes.push(format!(
+            "warm-up: HTTP {}, X-Cache {}",
+            first.status, first.x_cache
+        ));
+        let totals = |v: &Option<serde_json::Value>, k: &str| {
+            v.as_ref()?.get("queue")?.get("totals")?.get(k)?.as_u64()
+        };
+        if let (Some(delivered), Some(ready)) =
+            (totals(&after, "delivered"), totals(&after, "ready"))
+        {
+            let delivered = delivered - totals(&before, "delivered").unwrap_or(0);
+            row.notes.push(format!(
+                "{delivered} delivered during the run, {ready} waiting at its end"
+            ));
+        }
+        row.notes.push(service_counts_note(
+            before,
+            after,
+            &["queued", "misses", "errors"],
+        ));
+        row.notes.push(
+            "deliveries to the upstream run in the background during the run (upstream CPU counted)"
+                .into(),
+        );
+        if tree_cpu_ticks(upstream.process.pid()) == upstream_before {
+            row.notes
+                .push("the upstream used no CPU: were any messages delivered?".into());
+        }
+        row.notes.push(rss_note(&soapcache.proxy));
+        rows.push(row);
+    }
     Ok(rows)
+}
+
+/// (f)'s policy: the catalog route with its operation queued on the
+/// embedded store.
+fn queued_policy(upstream: SocketAddr) -> String {
+    format!(
+        r#"[service]
+name     = "catalog"
+route    = "{PATH}"
+upstream = "http://{upstream}{PATH}"
+
+[namespaces]
+cat = "http://example.org/2001/06/catalog"
+
+[[operation]]
+element  = "cat:CatalogPriceRequest"
+delivery = "queued"
+"#
+    )
 }
 
 impl Row {
@@ -682,6 +903,15 @@ fn table(rows: &[Row], connections: u32) -> String {
     out
 }
 
+/// A ratio to print: (what, contender, baseline's name, baseline, target).
+type Goal<'r> = (
+    &'static str,
+    Option<&'r Measured>,
+    &'static str,
+    Option<&'r Measured>,
+    Option<f64>,
+);
+
 /// The targets, computed from this run's rows.
 fn verdicts(rows: &[Row], connections: u32) -> String {
     let mut out = String::from("targets (ratios within this run):\n");
@@ -722,9 +952,64 @@ fn verdicts(rows: &[Row], connections: u32) -> String {
             verdict(added <= 150.0)
         );
     }
+    let plain = find(rows, LABEL_D2, connections);
+    let bypass = find(rows, LABEL_C_BYPASS, connections);
+    let refresh = find(rows, LABEL_C_REFRESH, connections);
+    let mix = find(rows, LABEL_E, connections);
+    let queued = find(rows, LABEL_F, connections);
+    // (what, contender, baseline name, baseline, target)
+    let goals: [Goal; 5] = [
+        ("bypass", bypass, "nginx plain proxy", plain, Some(0.8)),
+        (
+            "miss and store",
+            refresh,
+            "nginx plain proxy",
+            plain,
+            Some(0.8),
+        ),
+        ("10k-key hit mix", mix, "upstream direct", direct, Some(0.8)),
+        ("queued accepts", queued, "upstream direct", direct, None),
+        ("queued accepts", queued, "nginx plain proxy", plain, None),
+    ];
+    for (what, contender, base_name, base, target) in goals {
+        let (Some(c), Some(b)) = (contender, base) else {
+            continue;
+        };
+        if b.requests_per_second <= 0.0 {
+            continue;
+        }
+        let r = c.requests_per_second / b.requests_per_second;
+        let name = format!("{what} ÷ {base_name}");
+        let _ = match target {
+            Some(t) => writeln!(
+                out,
+                "  {name:<39} = {r:.2} (target ≥ {t}: {})",
+                verdict(r >= t)
+            ),
+            None => writeln!(out, "  {name:<39} = {r:.2} (no target)"),
+        };
+    }
     // CPU per request is far less sensitive to other load on the machine
     // than req/s: what the ratios would be if core 0 were the bottleneck.
     let cpu = |m: &Measured| m.cpu_micros_per_request.iter().sum::<f64>();
+    for (what, contender, base_name, base, target) in goals {
+        let (Some(c), Some(b)) = (contender, base) else {
+            continue;
+        };
+        if cpu(c) <= 0.0 {
+            continue;
+        }
+        let r = cpu(b) / cpu(c);
+        let target = target.map_or(String::new(), |t| {
+            format!(" (target ≥ {t}: {})", verdict(r >= t))
+        });
+        let _ = writeln!(
+            out,
+            "  by server CPU per request: {what} {:.1} µs vs {base_name} {:.1} µs → capacity ratio {r:.2}{target}",
+            cpu(c),
+            cpu(b),
+        );
+    }
     if let (Some(a), Some(b)) = (direct, hits) {
         if cpu(b) > 0.0 {
             let _ = writeln!(
@@ -789,11 +1074,26 @@ fn lua_headers() -> String {
 
 /// The same request every time.
 fn fixed_script(body: &str) -> String {
-    format!(
+    fixed_script_with(body, &[])
+}
+
+/// The same request every time, with `extra_headers` as well.
+fn fixed_script_with(body: &str, extra_headers: &[(&str, &str)]) -> String {
+    let mut script = format!(
         "wrk.method = \"POST\"\nwrk.body = {}\n{}",
         lua_long_string(body),
         lua_headers()
-    )
+    );
+    for (name, value) in extra_headers {
+        // `[ [==[` with the space: `[[` would open a Lua long string.
+        let _ = writeln!(
+            script,
+            "wrk.headers[ {} ] = {}",
+            lua_long_string(name),
+            lua_long_string(value)
+        );
+    }
+    script
 }
 
 /// A request with a part number drawn uniformly from 10 000 per request.
@@ -870,6 +1170,11 @@ fn wrk(
         })
         .collect();
     let output = std::fs::read_to_string(&out_path).map_err(|e| e.to_string())?;
+    // wrk reports a script that does not load and then runs without it
+    // (plain GETs): that is no measurement of the row.
+    if output.contains(".lua:") {
+        return Err(format!("{label}: wrk could not load its script:\n{output}"));
+    }
     let mut measured = parse_wrk(&output)
         .ok_or_else(|| format!("{label}: cannot read wrk's output:\n{output}"))?;
     let requests = measured.requests.max(1) as f64;
@@ -1130,22 +1435,35 @@ fn start_soapcache(
     name: &str,
     rust_log: &str,
 ) -> Result<Soapcache, String> {
+    start_soapcache_with(settings, upstream, name, rust_log, &[])
+}
+
+/// [`start_soapcache`] with more `soapcache serve` arguments.
+fn start_soapcache_with(
+    settings: &Settings,
+    upstream: SocketAddr,
+    name: &str,
+    rust_log: &str,
+    extra: &[String],
+) -> Result<Soapcache, String> {
     let port = free_port()?;
     let admin_port = free_port()?;
     let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
+    let mut args: Vec<String> = vec![
+        "serve".into(),
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--admin".into(),
+        admin.to_string(),
+        "--upstream".into(),
+        format!("http://{upstream}"),
+    ];
+    args.extend_from_slice(extra);
     let proxy = start_pinned(
         settings,
         name,
         Path::new(env!("CARGO_BIN_EXE_soapcache")),
-        &[
-            "serve".into(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--admin".into(),
-            admin.to_string(),
-            "--upstream".into(),
-            format!("http://{upstream}"),
-        ],
+        &args,
         &[("RUST_LOG", rust_log)],
         SocketAddr::from(([127, 0, 0, 1], port)),
     )?;
@@ -1260,14 +1578,29 @@ impl Answer {
 }
 
 fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> Result<Answer, String> {
+    http_with(addr, method, path, body, &[])
+}
+
+/// [`http`] with `extra_headers`.
+fn http_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    extra_headers: &[(&str, &str)],
+) -> Result<Answer, String> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .map_err(|e| format!("{addr}: {e}"))?;
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(|e| e.to_string())?;
+    let extra: String = extra_headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: text/xml; charset=utf-8\r\n\
-         SOAPAction: {SOAP_ACTION}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+         SOAPAction: {SOAP_ACTION}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     stream
@@ -1309,6 +1642,45 @@ fn check_status(addr: SocketAddr, body: &str, x_cache: Option<&str>) -> Result<S
         }
     }
     Ok(got)
+}
+
+/// What [`check`] saw.
+struct Checked {
+    status: u16,
+    x_cache: String,
+    cache_status: String,
+}
+
+/// POSTs the request with `extra_headers`; requires `status` and, when
+/// given, that `X-Cache`.
+fn check(
+    addr: SocketAddr,
+    body: &str,
+    extra_headers: &[(&str, &str)],
+    status: u16,
+    x_cache: Option<&str>,
+) -> Result<Checked, String> {
+    let answer = http_with(addr, "POST", PATH, body, extra_headers)?;
+    if answer.status != status {
+        return Err(format!(
+            "{addr}: HTTP {} to the warm-up request (expected {status}):\n{}",
+            answer.status, answer.head
+        ));
+    }
+    let got = answer.header("x-cache").unwrap_or("-").to_owned();
+    if let Some(want) = x_cache {
+        if got != want {
+            return Err(format!(
+                "{addr}: X-Cache {got}, expected {want}:\n{}",
+                answer.head
+            ));
+        }
+    }
+    Ok(Checked {
+        status: answer.status,
+        x_cache: got,
+        cache_status: answer.header("cache-status").unwrap_or("").to_owned(),
+    })
 }
 
 fn check_header(addr: SocketAddr, body: &str, name: &str) -> Result<String, String> {
@@ -1354,6 +1726,38 @@ fn stats_note(before: Option<serde_json::Value>, after: Option<serde_json::Value
             vec![format!("{h} hits, {m} misses (hit ratio {ratio:.3})")]
         }
         _ => vec!["no /stats".into()],
+    }
+}
+
+/// A per-service `/stats` counter summed over the services.
+fn service_count(stats: &Option<serde_json::Value>, key: &str) -> Option<u64> {
+    let services = stats.as_ref()?.get("services")?.as_object()?;
+    Some(
+        services
+            .values()
+            .filter_map(|s| s.get(key).and_then(|n| n.as_u64()))
+            .sum(),
+    )
+}
+
+/// Per-service counters (`hits`, `misses`, `bypasses`, `queued`, ...)
+/// summed over the services in `/stats`, counted during the run.
+fn service_counts_note(
+    before: Option<serde_json::Value>,
+    after: Option<serde_json::Value>,
+    keys: &[&str],
+) -> String {
+    let parts: Vec<String> = keys
+        .iter()
+        .filter_map(|k| {
+            let n = service_count(&after, k)?.checked_sub(service_count(&before, k)?)?;
+            Some(format!("{n} {k}"))
+        })
+        .collect();
+    if parts.is_empty() {
+        "no /stats".into()
+    } else {
+        format!("/stats per service: {}", parts.join(", "))
     }
 }
 
@@ -1497,7 +1901,7 @@ fn loadavg() -> String {
 
 fn command_line() -> String {
     let mut env = String::new();
-    for k in ["LOAD_SECONDS", "LOAD_CONNECTIONS"] {
+    for k in ["LOAD_SECONDS", "LOAD_CONNECTIONS", "LOAD_ROUNDS"] {
         if let Ok(v) = std::env::var(k) {
             let _ = write!(env, "{k}={v} ");
         }
