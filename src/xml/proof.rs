@@ -207,7 +207,8 @@ impl<'a> Proof<'a> {
             self.bindings.push((depth, prefix, value));
         }
         if let (Some(prefix), _) = split(name) {
-            if prefix == b"xmlns" || self.namespace(prefix).is_none() {
+            // roxmltree refuses an element in the `xml` namespace.
+            if prefix == b"xmlns" || prefix == b"xml" || self.namespace(prefix).is_none() {
                 return false;
             }
         }
@@ -564,6 +565,7 @@ mod tests {
             "<a b='1' b='2'/>",
             "<a xmlns:p='u' xmlns:q='u' p:x='1' q:x='2'/>",
             "<p:a/>",
+            "<xml:lang.ee/>",
             "<a p:x='1'/>",
             "<a xmlns:p=''/>",
             "<a xmlns:xml2='u'/>",

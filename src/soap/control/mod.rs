@@ -97,7 +97,7 @@ pub fn inspect_response(body: &[u8], roles: &[String]) -> Option<ResponseEnvelop
     }
     std::str::from_utf8(body).ok()?;
     match stream::read(body, roles) {
-        stream::Read::Proven(envelope) => envelope,
+        stream::Read::Decided(envelope) => envelope,
         stream::Read::Unproven => tree::read(body, roles),
     }
 }
@@ -458,7 +458,7 @@ mod tests {
             }
             plain += usize::from(!mutated);
             let tree = tree::read(doc.as_bytes(), &roles);
-            if let stream::Read::Proven(streamed) = stream::read(doc.as_bytes(), &roles) {
+            if let stream::Read::Decided(streamed) = stream::read(doc.as_bytes(), &roles) {
                 proven += 1;
                 plain_proven += usize::from(!mutated);
                 assert_eq!(streamed, tree, "the readings differ on {doc:?}");

@@ -14,9 +14,10 @@ use crate::xml::append_character_data;
 use crate::xml::proof::Proof;
 
 pub enum Read {
-    /// The document is proven well-formed: this is its reading (`None`: not
-    /// a SOAP envelope).
-    Proven(Option<ResponseEnvelope>),
+    /// The pass decided: the reading of a document proven well-formed, or
+    /// `None` for a body that is no SOAP envelope (decided as soon as the
+    /// root element says so, proven or not: nothing after it can make one).
+    Decided(Option<ResponseEnvelope>),
     /// Not proven: the tree reading decides.
     Unproven,
 }
@@ -61,6 +62,9 @@ pub fn read(body: &[u8], roles: &[String]) -> Read {
 
 /// `None` when the pass cannot decide (see [`Read::Unproven`]).
 fn pass(body: &[u8], roles: &[String]) -> Option<Read> {
+    if std::str::from_utf8(body).is_err() {
+        return Some(Read::Decided(None));
+    }
     let mut proof = Proof::new(body);
     let mut reader = quick_xml::Reader::from_reader(body);
     reader.config_mut().check_end_names = true;
@@ -114,7 +118,7 @@ fn pass(body: &[u8], roles: &[String]) -> Option<Read> {
                     (1, _) => {
                         version = ns.and_then(SoapVersion::from_namespace);
                         if version.is_none() || local != b"Envelope" {
-                            return Some(Read::Proven(None));
+                            return Some(Read::Decided(None));
                         }
                         Inside::Other
                     }
@@ -264,10 +268,10 @@ fn pass(body: &[u8], roles: &[String]) -> Option<Read> {
         return None;
     }
     let Some(version) = version.filter(|_| seen_body) else {
-        return Some(Read::Proven(None));
+        return Some(Read::Decided(None));
     };
     addressing.sort_by_key(|(_, r)| (r.start, std::cmp::Reverse(r.end)));
-    Some(Read::Proven(Some(ResponseEnvelope {
+    Some(Read::Decided(Some(ResponseEnvelope {
         version,
         is_fault,
         sender_fault: is_fault && sender_fault,
