@@ -82,10 +82,10 @@ fn flush_text(hasher: &mut Canonical, text: &mut String) {
     text.clear();
 }
 
-fn namespace(resolved: ResolveResult<'_>) -> Vec<u8> {
+fn namespace<'r>(resolved: &'r ResolveResult<'_>) -> &'r [u8] {
     match resolved {
-        ResolveResult::Bound(ns) => ns.0.to_vec(),
-        ResolveResult::Unbound => Vec::new(),
+        ResolveResult::Bound(ns) => ns.0,
+        ResolveResult::Unbound => b"",
         // Undeclared prefixes cannot occur: the envelope pass rejected them.
         ResolveResult::Unknown(prefix) => prefix,
     }
@@ -99,7 +99,7 @@ fn hash_start(
 ) -> Result<(), quick_xml::Error> {
     let (ns, local) = reader.resolve_element(start.name());
     hasher.update(b"S");
-    field(hasher, &namespace(ns));
+    field(hasher, namespace(&ns));
     field(hasher, local.as_ref());
 
     attributes.clear();
@@ -108,8 +108,8 @@ fn hash_start(
         if attribute.key.as_namespace_binding().is_some() {
             continue;
         }
-        let (ns, local) = reader.resolve_attribute(attribute.key);
-        let ns = namespace(ns);
+        let (resolved, local) = reader.resolve_attribute(attribute.key);
+        let ns = namespace(&resolved).to_vec();
         let mut value = crate::xml::attribute_value(&attribute.value)?;
         // xsi:type names a type by QName: its prefix is as arbitrary as an
         // element's, so it is canonicalised the same way.
@@ -118,7 +118,7 @@ fn hash_start(
             let (type_ns, type_local) = reader.resolve_element(qname);
             value = format!(
                 "{{{}}}{}",
-                String::from_utf8_lossy(&namespace(type_ns)),
+                String::from_utf8_lossy(namespace(&type_ns)),
                 String::from_utf8_lossy(type_local.as_ref())
             );
         }
