@@ -471,19 +471,10 @@ fn measure_round(settings: &Settings) -> Result<Vec<Row>, String> {
         let soapcache = start_soapcache(settings, upstream.addr, name, rust_log)?;
         let first = check_status(soapcache.proxy.addr, &settings.request, Some("MISS"))?;
         let second = check_status(soapcache.proxy.addr, &settings.request, Some("HIT"))?;
-        let before = stats(soapcache.admin);
-        let servers = [&soapcache.proxy, &upstream];
-        let measured = wrk(
-            settings,
-            label,
-            soapcache.proxy.addr,
-            fixed,
-            connections,
-            &servers,
-        )?;
-        let mut row = Row::new(label, connections, measured);
+        let run = run_soapcache(settings, label, &soapcache, &upstream, fixed, connections)?;
+        let mut row = Row::new(label, connections, run.measured);
         row.notes.push(format!("warm-up: {first}, then {second}"));
-        row.notes.extend(stats_note(before, stats(soapcache.admin)));
+        row.notes.extend(stats_note(run.before, run.after));
         row.notes.push(rss_note(&soapcache.proxy));
         rows.push(row);
     }
@@ -495,14 +486,12 @@ fn measure_round(settings: &Settings) -> Result<Vec<Row>, String> {
         let first = check_status(soapcache.proxy.addr, &settings.request, Some("MISS"))?;
         check_status(soapcache.proxy.addr, &settings.request, Some("MISS"))?;
         for (label, c) in [(LABEL_C, connections), (LABEL_C1, 1)] {
-            let before = stats(soapcache.admin);
-            let servers = [&soapcache.proxy, &upstream];
-            let measured = wrk(settings, label, soapcache.proxy.addr, fixed, c, &servers)?;
-            let mut row = Row::new(label, c, measured);
+            let run = run_soapcache(settings, label, &soapcache, &upstream, fixed, c)?;
+            let mut row = Row::new(label, c, run.measured);
             if c == connections {
                 row.notes.push(format!("warm-up: {first}"));
             }
-            row.notes.extend(stats_note(before, stats(soapcache.admin)));
+            row.notes.extend(stats_note(run.before, run.after));
             row.notes.push(rss_note(&soapcache.proxy));
             rows.push(row);
         }
@@ -544,17 +533,11 @@ fn measure_round(settings: &Settings) -> Result<Vec<Row>, String> {
             200,
             Some(want),
         )?;
-        let before = stats(soapcache.admin);
-        let servers = [&soapcache.proxy, &upstream];
-        let measured = wrk(
-            settings,
-            label,
-            soapcache.proxy.addr,
-            script,
-            connections,
-            &servers,
-        )?;
-        let after = stats(soapcache.admin);
+        let SoapcacheRun {
+            measured,
+            before,
+            after,
+        } = run_soapcache(settings, label, &soapcache, &upstream, script, connections)?;
         let counter = if directive == "no-store" {
             "bypasses"
         } else {
@@ -586,13 +569,7 @@ fn measure_round(settings: &Settings) -> Result<Vec<Row>, String> {
             &["hits", "misses", "bypasses", "errors"],
         ));
         if directive == "no-cache" {
-            if let Some(entries) = after
-                .as_ref()
-                .and_then(|s| s.get("entries"))
-                .and_then(|v| v.as_u64())
-            {
-                row.notes.push(format!("{entries} entries"));
-            }
+            row.notes.extend(entries_note(&after));
         }
         row.notes.push(rss_note(&soapcache.proxy));
         rows.push(row);
@@ -646,26 +623,12 @@ fn measure_round(settings: &Settings) -> Result<Vec<Row>, String> {
             &request_body("ABC-00001"),
             Some("MISS"),
         )?;
-        let before = stats(soapcache.admin);
-        let servers = [&soapcache.proxy, &upstream];
-        let measured = wrk(
-            settings,
-            LABEL_E,
-            soapcache.proxy.addr,
-            &settings.mix_script,
-            connections,
-            &servers,
-        )?;
-        let after = stats(soapcache.admin);
-        let mut row = Row::new(LABEL_E, connections, measured);
-        row.notes.extend(stats_note(before, after.clone()));
-        if let Some(entries) = after
-            .as_ref()
-            .and_then(|s| s.get("entries"))
-            .and_then(|v| v.as_u64())
-        {
-            row.notes.push(format!("{entries} entries"));
-        }
+        let mix = settings.mix_script.as_path();
+        let run = run_soapcache(settings, LABEL_E, &soapcache, &upstream, mix, connections)?;
+        let mut row = Row::new(LABEL_E, connections, run.measured);
+        let entries = entries_note(&run.after);
+        row.notes.extend(stats_note(run.before, run.after));
+        row.notes.extend(entries);
         row.notes.push(rss_note(&soapcache.proxy));
         rows.push(row);
     }
@@ -694,17 +657,19 @@ fn measure_round(settings: &Settings) -> Result<Vec<Row>, String> {
         )?;
         let first = check(soapcache.proxy.addr, &settings.request, &[], 202, None)?;
         let upstream_before = tree_cpu_ticks(upstream.process.pid());
-        let before = stats(soapcache.admin);
-        let servers = [&soapcache.proxy, &upstream];
-        let measured = wrk(
+        let queued = settings.queued_script.as_path();
+        let SoapcacheRun {
+            measured,
+            before,
+            after,
+        } = run_soapcache(
             settings,
             LABEL_F,
-            soapcache.proxy.addr,
-            &settings.queued_script,
+            &soapcache,
+            &upstream,
+            queued,
             connections,
-            &servers,
         )?;
-        let after = stats(soapcache.admin);
         let mut row = Row::new(LABEL_F, connections, measured);
         row.notes.push(format!(
             "warm-up: HTTP {}, X-Cache {}",
@@ -1689,6 +1654,40 @@ fn check_header(addr: SocketAddr, body: &str, name: &str) -> Result<String, Stri
         return Err(format!("{addr}: HTTP {}:\n{}", answer.status, answer.head));
     }
     Ok(answer.header(name).unwrap_or("-").to_owned())
+}
+
+/// One wrk run against soapcache (its upstream's CPU counted with it),
+/// with soapcache's `/stats` read just before and just after.
+struct SoapcacheRun {
+    measured: Measured,
+    before: Option<serde_json::Value>,
+    after: Option<serde_json::Value>,
+}
+
+fn run_soapcache(
+    settings: &Settings,
+    label: &str,
+    soapcache: &Soapcache,
+    upstream: &Server,
+    script: &Path,
+    connections: u32,
+) -> Result<SoapcacheRun, String> {
+    let before = stats(soapcache.admin);
+    let servers = [&soapcache.proxy, upstream];
+    let address = soapcache.proxy.addr;
+    let measured = wrk(settings, label, address, script, connections, &servers)?;
+    let after = stats(soapcache.admin);
+    Ok(SoapcacheRun {
+        measured,
+        before,
+        after,
+    })
+}
+
+/// How many entries `/stats` counted.
+fn entries_note(stats: &Option<serde_json::Value>) -> Option<String> {
+    let entries = stats.as_ref()?.get("entries")?.as_u64()?;
+    Some(format!("{entries} entries"))
 }
 
 fn stats(admin: SocketAddr) -> Option<serde_json::Value> {
