@@ -136,6 +136,7 @@ on_both_backends!(
     a_queued_write_is_answered_202_while_the_service_sleeps_then_delivered_exactly,
     nothing_answered_202_is_lost_when_soapcache_is_killed_while_accepting,
     sigterm_with_messages_waiting_exits_0_and_the_next_start_delivers_them,
+    sigterm_during_a_backlog_stops_delivering_and_the_next_start_delivers_the_rest,
     nothing_answered_202_is_lost_when_soapcache_is_killed_while_delivering,
     a_failing_service_is_retried_with_doubling_backoff_until_it_answers,
     a_client_fault_or_a_4xx_is_dead_lettered_at_once,
@@ -1018,6 +1019,66 @@ async fn sigterm_with_messages_waiting_exits_0_and_the_next_start_delivers_them(
     let delivered = delivered(&upstream);
     assert!(told.accepted.iter().all(|r| delivered.contains_key(r)));
     assert_eq!(delivered.len(), 500);
+}
+
+/// SIGTERM while a backlog is being delivered as fast as the service
+/// answers: the attempts in flight finish, no new one starts (before the
+/// fix the loop kept claiming full batches and delivered the whole backlog
+/// first), and the next start delivers the rest, each message once.
+async fn sigterm_during_a_backlog_stops_delivering_and_the_next_start_delivers_the_rest(
+    backend: Backend,
+) {
+    const TOTAL: usize = 1500;
+    const CONCURRENCY: usize = 4;
+    let service = free_addr();
+    let flags = ["--delivery-concurrency", "4"];
+    let backoff = "retry_backoff = \"100ms\"\nmax_retry_backoff = \"100ms\"";
+    let Some(mut setup) = serve_on(backend, "sigterm-backlog", service, backoff, &flags) else {
+        return;
+    };
+    let told = load(setup.proxy.url("/orders"), TOTAL, 16, |_| {}).await;
+    assert_eq!(
+        told.accepted.len(),
+        TOTAL,
+        "all accepted while the service is down"
+    );
+
+    // The service comes up: every message is due, and answered at once.
+    let upstream = Upstream::start_on(service, |_| ok()).await;
+    assert!(
+        eventually(Duration::from_secs(30), || async { upstream.count() >= 50 }).await,
+        "deliveries started"
+    );
+    setup.proxy.signal("TERM");
+    let at_signal = upstream.count();
+    let status = setup
+        .proxy
+        .wait_exit(Duration::from_secs(35))
+        .expect("exits within the drain time");
+    assert!(status.success(), "{status:?}");
+    let after_signal = upstream.count() - at_signal;
+    // Those in flight at the signal, and any the store handed out just
+    // before it: at most one claim of every worker.
+    assert!(
+        after_signal <= 2 * CONCURRENCY,
+        "{after_signal} deliveries after SIGTERM with {CONCURRENCY} workers"
+    );
+    assert!(
+        at_signal + after_signal < TOTAL,
+        "the backlog outlived the signal"
+    );
+
+    let restarted = serve_again(&mut setup, "sigterm-backlog", service, backoff, &flags);
+    let http = Http::default();
+    assert!(drained(&http, &restarted.proxy, Duration::from_secs(60)).await);
+    let delivered = delivered(&upstream);
+    assert!(told.accepted.iter().all(|r| delivered.contains_key(r)));
+    assert_eq!(delivered.len(), TOTAL);
+    let twice = delivered.values().filter(|&&n| n > 1).count();
+    assert_eq!(twice, 0, "a drained shutdown delivers nothing twice");
+    eprintln!(
+        "{at_signal} delivered before SIGTERM, {after_signal} after it, the rest after the restart"
+    );
 }
 
 async fn a_delivered_write_fires_its_invalidation(backend: Backend) {

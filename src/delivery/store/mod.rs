@@ -120,7 +120,11 @@ impl EmbeddedQueue {
     async fn deliver_until(self: Arc<Self>, state: Arc<State>, shutdown: Shutdown) {
         let workers = Arc::new(Semaphore::new(self.concurrency));
         let mut attempts = JoinSet::new();
-        loop {
+        // Checked on every turn, not only where the loop waits: with a
+        // backlog, each claim comes back full and the loop claims again
+        // without waiting, so a waiting point alone would deliver the
+        // whole backlog before it saw the shutdown.
+        while !shutdown.is_triggered() {
             while attempts.try_join_next().is_some() {}
             let free = workers.available_permits();
             if free == 0 {
