@@ -67,6 +67,7 @@ CREATE TABLE IF NOT EXISTS messages (
     callback_body BLOB
 );
 CREATE INDEX IF NOT EXISTS messages_due ON messages(due) WHERE due IS NOT NULL;
+CREATE INDEX IF NOT EXISTS messages_deliver_by ON messages(deliver_by) WHERE due IS NOT NULL;
 CREATE INDEX IF NOT EXISTS messages_order ON messages(order_key, seq) WHERE order_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS messages_id ON messages(id);
 CREATE INDEX IF NOT EXISTS messages_state ON messages(state, service);
