@@ -1632,23 +1632,7 @@ fn http_with(
 
 /// POSTs the request; requires 200 and, when given, that `X-Cache`.
 fn check_status(addr: SocketAddr, body: &str, x_cache: Option<&str>) -> Result<String, String> {
-    let answer = http(addr, "POST", PATH, body)?;
-    if answer.status != 200 {
-        return Err(format!(
-            "{addr}: HTTP {} to the warm-up request:\n{}",
-            answer.status, answer.head
-        ));
-    }
-    let got = answer.header("x-cache").unwrap_or("-").to_owned();
-    if let Some(want) = x_cache {
-        if got != want {
-            return Err(format!(
-                "{addr}: X-Cache {got}, expected {want}:\n{}",
-                answer.head
-            ));
-        }
-    }
-    Ok(got)
+    check(addr, body, &[], 200, x_cache).map(|checked| checked.x_cache)
 }
 
 /// What [`check`] saw.
