@@ -15,7 +15,25 @@ use crate::soap::envelope::OperationElement;
 
 /// A fresh message id: `urn:uuid:` and a random (v4) UUID.
 pub fn new_message_id() -> String {
-    format!("urn:uuid:{}", uuid::Uuid::new_v4())
+    let mut buffer = MessageIdBuffer::default();
+    buffer.fresh().to_owned()
+}
+
+/// Room for one message id on the stack: a hit that readdresses its answer
+/// writes a fresh id here instead of allocating one.
+pub struct MessageIdBuffer([u8; uuid::fmt::Urn::LENGTH]);
+
+impl Default for MessageIdBuffer {
+    fn default() -> Self {
+        MessageIdBuffer([0; uuid::fmt::Urn::LENGTH])
+    }
+}
+
+impl MessageIdBuffer {
+    /// A fresh message id, as [`new_message_id`] makes it.
+    pub fn fresh(&mut self) -> &str {
+        uuid::Uuid::new_v4().urn().encode_lower(&mut self.0)
+    }
 }
 
 /// The request headers a delivery carries: every end-to-end header the

@@ -103,7 +103,9 @@ fn hash_start(
     field(hasher, local.as_ref());
 
     attributes.clear();
-    for attribute in start.attributes() {
+    // The envelope pass has refused duplicate attributes already: the
+    // check again would allocate its list of names on every element.
+    for attribute in start.attributes().with_checks(false) {
         let attribute = attribute?;
         if attribute.key.as_namespace_binding().is_some() {
             continue;

@@ -12,6 +12,7 @@ use hyper::{Response, StatusCode};
 
 use crate::cache::decision::Uncacheable;
 use crate::cache::entry::{AddressingPart, Entry};
+use crate::delivery::accept::MessageIdBuffer;
 use crate::http::body::{self, Body};
 use crate::http::client::{self, UpstreamError};
 use crate::http::headers::{CACHE_STATUS, X_CACHE, X_CACHE_KEY, X_REQUEST_ID};
@@ -186,22 +187,34 @@ pub fn from_entry(
 /// stored.
 fn readdressed(entry: &Entry, message_id: Option<&str>) -> Bytes {
     let body = entry.body();
-    let fresh = crate::delivery::accept::new_message_id();
-    let relates_to = message_id.map(|id| quick_xml::escape::escape(id).into_owned());
-    let mut out = Vec::with_capacity(body.len() + 64);
+    let mut id_buffer = MessageIdBuffer::default();
+    let fresh = id_buffer.fresh();
+    let escaped = message_id.map(quick_xml::escape::escape);
+    let relates_to = escaped.as_deref();
+    // What replaces each part: ranges are in order, and one inside a part
+    // already replaced (the text of a dropped RelatesTo) is skipped.
     let mut at = 0;
-    for (part, range) in entry.addressing() {
-        // Ranges are in order; one inside a part already replaced (the
-        // text of a dropped RelatesTo) is skipped.
+    let replacements = entry.addressing().filter_map(move |(part, range)| {
         if range.start < at {
-            continue;
+            return None;
         }
         let replacement: &[u8] = match part {
             AddressingPart::RelatesToElement if relates_to.is_none() => b"",
-            AddressingPart::RelatesToElement => continue,
-            AddressingPart::RelatesToText => relates_to.as_deref().unwrap_or_default().as_bytes(),
+            AddressingPart::RelatesToElement => return None,
+            AddressingPart::RelatesToText => relates_to.unwrap_or_default().as_bytes(),
             AddressingPart::MessageIdText => fresh.as_bytes(),
         };
+        at = range.end;
+        Some((range, replacement))
+    });
+    // Exactly the length it will have: `Bytes` then takes the buffer as
+    // it is, with no second allocation for its bookkeeping.
+    let length = replacements
+        .clone()
+        .fold(body.len(), |n, (range, new)| n - range.len() + new.len());
+    let mut out = Vec::with_capacity(length);
+    let mut at = 0;
+    for (range, replacement) in replacements {
         out.extend_from_slice(&body[at..range.start]);
         out.extend_from_slice(replacement);
         at = range.end;

@@ -115,7 +115,16 @@ impl<'a> Proof<'a> {
                 let text: &[u8] = text;
                 memchr::memmem::find(text, b"--").is_none() && text.last() != Some(&b'-')
             }
-            Event::Decl(decl) => first && at == 0 && declaration_ok(decl),
+            Event::Decl(decl) => {
+                // From the document, as a start tag is: the pseudo-attributes
+                // go into the proof's own list.
+                let document: &'a [u8] = self.document;
+                let content = document
+                    .get(at..)
+                    .and_then(|d| d.strip_prefix(b"<?"))
+                    .and_then(|d| d.get(..decl.len()));
+                first && at == 0 && content.is_some_and(|c| declaration_ok(c, &mut self.attributes))
+            }
             Event::Eof => true,
             Event::PI(_) | Event::DocType(_) => false,
         };
@@ -387,9 +396,9 @@ fn parse_code(digits: &[u8], radix: u32) -> Option<u32> {
 }
 
 /// `<?xml version="1.0" [encoding="UTF-8"] [standalone="yes|no"] ?>`.
-fn declaration_ok(decl: &[u8]) -> bool {
-    let mut attributes = Vec::new();
-    if tag(decl, &mut attributes) != Some(b"xml".as_slice()) {
+/// `attributes` is the proof's own list, lent for the pseudo-attributes.
+fn declaration_ok<'a>(decl: &'a [u8], attributes: &mut Vec<(&'a [u8], &'a [u8])>) -> bool {
+    if tag(decl, attributes) != Some(b"xml".as_slice()) {
         return false;
     }
     let mut expected = [b"version".as_slice(), b"encoding", b"standalone"].into_iter();
