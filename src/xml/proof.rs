@@ -270,89 +270,114 @@ fn split(name: &[u8]) -> (Option<&[u8]>, &[u8]) {
     }
 }
 
-fn is_space(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\n')
-}
+/// Byte classes of a start tag's content, looked up once per byte: `tag`
+/// reads every tag of every message, and its own loops over the same bytes
+/// again and again (name, prefix, spaces, value) were most of the proof's
+/// cost.
+const NAME: u8 = 1;
+/// Letters and `_`: what may start a name or the part after its colon.
+const NAME_START: u8 = 2;
+const SPACE: u8 = 4;
 
 /// Which bytes may be in an ASCII name (letters, digits, `_`, `-`, `.`),
-/// and (bit 2) start one (letters, `_`): a table, as names are checked
-/// byte by byte on every tag.
-const NAME_BYTES: [u8; 256] = {
+/// which may start one, and which are XML spaces (CR is left to roxmltree).
+const CLASS: [u8; 256] = {
     let mut table = [0u8; 256];
     let mut b = 0;
     while b < 256 {
         let c = b as u8;
         if c.is_ascii_alphabetic() || c == b'_' {
-            table[b] = 3;
+            table[b] = NAME | NAME_START;
         } else if c.is_ascii_digit() || c == b'-' || c == b'.' {
-            table[b] = 1;
+            table[b] = NAME;
+        } else if c == b' ' || c == b'\t' || c == b'\n' {
+            table[b] = SPACE;
         }
         b += 1;
     }
     table
 };
 
-/// An ASCII XML name, with at most one colon between two non-empty parts.
-fn name_ok(name: &[u8]) -> bool {
-    let ncname = |part: &[u8]| {
-        part.first()
-            .is_some_and(|b| NAME_BYTES[*b as usize] & 2 != 0)
-            && part
-                .iter()
-                .fold(true, |ok, b| ok & (NAME_BYTES[*b as usize] != 0))
-    };
-    match split(name) {
-        (Some(prefix), local) => ncname(prefix) && ncname(local),
-        (None, local) => ncname(local),
+fn is_space(b: u8) -> bool {
+    CLASS[b as usize] & SPACE != 0
+}
+
+/// The ASCII XML name starting at `*at` (at most one colon, between two
+/// non-empty parts, each starting with a letter or `_`), and `*at` moved
+/// past it. `None` when there is none, or it is not plainly a name.
+fn name_at<'a>(raw: &'a [u8], at: &mut usize) -> Option<&'a [u8]> {
+    let start = *at;
+    let mut colon = None;
+    let mut i = start;
+    while let Some(&b) = raw.get(i) {
+        if CLASS[b as usize] & NAME == 0 {
+            if b != b':' || colon.is_some() {
+                break;
+            }
+            colon = Some(i);
+        }
+        i += 1;
     }
+    let starts = |at: usize| {
+        raw.get(at)
+            .is_some_and(|b| CLASS[*b as usize] & NAME_START != 0)
+    };
+    // A second colon ends the scan on it: what follows is then no space,
+    // and the caller refuses the tag.
+    if !starts(start) || colon.is_some_and(|c| c + 1 == i || !starts(c + 1)) {
+        return None;
+    }
+    *at = i;
+    Some(&raw[start..i])
+}
+
+/// `*at` moved past the spaces there; whether there were any.
+fn skip_spaces(raw: &[u8], at: &mut usize) -> bool {
+    let start = *at;
+    while raw.get(*at).is_some_and(|b| is_space(*b)) {
+        *at += 1;
+    }
+    *at > start
 }
 
 /// A start tag's content (`name attr="v" ...`, without `<`, `/` and `>`):
 /// its name, with its attributes in `attributes`; `None` when it is not
-/// plainly well-formed.
+/// plainly well-formed. One pass, left to right.
 fn tag<'a>(raw: &'a [u8], attributes: &mut Vec<(&'a [u8], &'a [u8])>) -> Option<&'a [u8]> {
     attributes.clear();
-    let name_end = raw.iter().position(|b| is_space(*b)).unwrap_or(raw.len());
-    let name = &raw[..name_end];
-    if !name_ok(name) {
-        return None;
-    }
-    let mut rest = &raw[name_end..];
+    let mut at = 0;
+    let name = name_at(raw, &mut at)?;
     loop {
-        let trimmed = trim_start(rest);
-        if trimmed.is_empty() {
+        // Attributes are separated by whitespace.
+        let spaced = skip_spaces(raw, &mut at);
+        if at == raw.len() {
             return Some(name);
         }
-        // Attributes are separated by whitespace.
-        if trimmed.len() == rest.len() || attributes.len() == MAX_ATTRIBUTES {
+        if !spaced || attributes.len() == MAX_ATTRIBUTES {
             return None;
         }
-        let key_end = trimmed.iter().position(|b| is_space(*b) || *b == b'=')?;
-        let key = &trimmed[..key_end];
-        if !name_ok(key) {
+        let key = name_at(raw, &mut at)?;
+        skip_spaces(raw, &mut at);
+        if raw.get(at) != Some(&b'=') {
             return None;
         }
-        let after_eq = trim_start(trim_start(&trimmed[key_end..]).strip_prefix(b"=")?);
-        let quote = *after_eq.first()?;
+        at += 1;
+        skip_spaces(raw, &mut at);
+        let quote = *raw.get(at)?;
         if quote != b'"' && quote != b'\'' {
             return None;
         }
-        let value_len = after_eq[1..].iter().position(|b| *b == quote)?;
-        let value = &after_eq[1..1 + value_len];
-        if has(value, b'<') || has(value, b'&') && !references_ok(value) {
+        let value_start = at + 1;
+        let value_len = memchr::memchr(quote, raw.get(value_start..)?)?;
+        let value = &raw[value_start..value_start + value_len];
+        if memchr::memchr2(b'<', b'&', value).is_some()
+            && (has(value, b'<') || !references_ok(value))
+        {
             return None;
         }
         attributes.push((key, value));
-        rest = &after_eq[1 + value_len + 1..];
+        at = value_start + value_len + 1;
     }
-}
-
-fn trim_start(bytes: &[u8]) -> &[u8] {
-    let at = bytes
-        .iter()
-        .position(|b| !is_space(*b))
-        .unwrap_or(bytes.len());
-    &bytes[at..]
 }
 
 /// Every `&` in `text` starts a reference that is well-formed and known.
