@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use support::orders::{delivered, field, send_orders, Told};
 use support::servers::{RabbitBroker, RedisServer};
 use support::*;
 
@@ -54,15 +55,6 @@ fn message_id(id: &str) -> String {
     format!(
         "<wsa:MessageID>{id}</wsa:MessageID><wsa:Action>urn:example:orders/PlaceOrder</wsa:Action>"
     )
-}
-
-fn field(seen: &Seen, name: &str) -> String {
-    let text = String::from_utf8_lossy(&seen.body);
-    text.split(&format!("{name}>"))
-        .nth(1)
-        .and_then(|r| r.split('<').next())
-        .unwrap_or_default()
-        .to_owned()
 }
 
 fn ok(text: &str) -> Reply {
@@ -112,78 +104,6 @@ async fn drained(http: &Http, instances: &[&Soapcache], limit: Duration) -> bool
         true
     })
     .await
-}
-
-/// What requesters were told, by `OrderRef`.
-#[derive(Default)]
-struct Told {
-    accepted: HashSet<String>,
-    refused: HashSet<String>,
-    failed: HashSet<String>,
-}
-
-/// `total` orders `R-{first + n}` from `requesters` concurrent requesters,
-/// requester `r` sending to `urls[r % urls.len()]`; `on_accept` sees the
-/// running count of 202s.
-async fn load(
-    urls: Vec<String>,
-    first: usize,
-    total: usize,
-    requesters: usize,
-    on_accept: impl Fn(usize) + Send + Sync + 'static,
-) -> Told {
-    let told = Arc::new(Mutex::new(Told::default()));
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let on_accept = Arc::new(on_accept);
-    let mut tasks = Vec::new();
-    for r in 0..requesters {
-        let (told, accepted, on_accept) = (told.clone(), accepted.clone(), on_accept.clone());
-        let url = urls[r % urls.len()].clone();
-        tasks.push(tokio::spawn(async move {
-            let http = Http::default();
-            for n in (r..total).step_by(requesters) {
-                let reference = format!("R-{}", first + n);
-                let answer = http
-                    .try_send(
-                        "POST",
-                        &url,
-                        &[("content-type", "text/xml; charset=utf-8")],
-                        order(&format!("C-{r}"), &reference, ""),
-                        Duration::from_secs(15),
-                    )
-                    .await;
-                let mut told = told.lock().unwrap();
-                match answer {
-                    Ok(a) if a.status == 202 => {
-                        told.accepted.insert(reference);
-                        drop(told);
-                        on_accept(accepted.fetch_add(1, Ordering::SeqCst) + 1);
-                    }
-                    Ok(a) => {
-                        assert_eq!(a.status, 503, "{}", a.text());
-                        assert!(a.header("retry-after").is_some());
-                        told.refused.insert(reference);
-                    }
-                    Err(_) => {
-                        told.failed.insert(reference);
-                    }
-                }
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    Arc::try_unwrap(told).ok().unwrap().into_inner().unwrap()
-}
-
-/// Deliveries per `OrderRef`.
-fn delivered(upstream: &Upstream) -> HashMap<String, usize> {
-    let mut counts = HashMap::new();
-    for seen in upstream.seen() {
-        *counts.entry(field(&seen, "OrderRef")).or_insert(0) += 1;
-    }
-    counts
 }
 
 /// Nothing answered 202 is missing from `delivered`, and at most
@@ -236,7 +156,14 @@ async fn two_instances_deliver_all_they_accepted_when_one_is_killed_mid_delivery
     assert_eq!(stats["queue"]["connected"], true, "{stats}");
 
     // kill -9 the first instance once 300 deliveries have happened.
-    let accepting = tokio::spawn(load(urls, 0, 1000, 16, |_| {}));
+    let accepting = tokio::spawn(send_orders(
+        urls,
+        0,
+        1000,
+        16,
+        |c, r| order(c, r, ""),
+        |_| {},
+    ));
     assert!(
         eventually(Duration::from_secs(60), || async {
             upstream.count() >= 300
@@ -288,12 +215,19 @@ async fn a_broker_killed_and_restarted_mid_load_loses_nothing_answered_202() {
     let killer = broker.clone();
     let fired = Arc::new(AtomicUsize::new(0));
     let fired_in_load = fired.clone();
-    let during = load(urls.clone(), 0, 600, 8, move |accepted| {
-        if accepted == 150 && fired_in_load.fetch_add(1, Ordering::SeqCst) == 0 {
-            let killer = killer.clone();
-            std::thread::spawn(move || killer.kill9());
-        }
-    })
+    let during = send_orders(
+        urls.clone(),
+        0,
+        600,
+        8,
+        |c, r| order(c, r, ""),
+        move |accepted| {
+            if accepted == 150 && fired_in_load.fetch_add(1, Ordering::SeqCst) == 0 {
+                let killer = killer.clone();
+                std::thread::spawn(move || killer.kill9());
+            }
+        },
+    )
     .await;
     assert_eq!(fired.load(Ordering::SeqCst), 1);
     assert!(
@@ -345,7 +279,7 @@ async fn a_broker_killed_and_restarted_mid_load_loses_nothing_answered_202() {
         assert!(back, "instance {n} reconnected");
         probes.insert(format!("PROBE-{n}"));
     }
-    let after = load(urls, 1000, 200, 8, |_| {}).await;
+    let after = send_orders(urls, 1000, 200, 8, |c, r| order(c, r, ""), |_| {}).await;
     assert_eq!(
         after.accepted.len(),
         200,

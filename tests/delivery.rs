@@ -11,12 +11,13 @@
 
 mod support;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use support::orders::{delivered, field, send_orders};
 use support::*;
 
 const ORDERS: &str = "urn:example:orders";
@@ -47,25 +48,6 @@ fn order(customer: &str, reference: &str) -> String {
 <o:CustomerId>{customer}</o:CustomerId><o:OrderRef>{reference}</o:OrderRef>\
 </o:PlaceOrder></soap:Body></soap:Envelope>"
     )
-}
-
-/// The `OrderRef` of a request the service saw.
-fn reference_of(seen: &Seen) -> String {
-    let text = String::from_utf8_lossy(&seen.body);
-    text.split("OrderRef>")
-        .nth(1)
-        .and_then(|r| r.split('<').next())
-        .unwrap_or_default()
-        .to_owned()
-}
-
-fn customer_of(seen: &Seen) -> String {
-    let text = String::from_utf8_lossy(&seen.body);
-    text.split("CustomerId>")
-        .nth(1)
-        .and_then(|r| r.split('<').next())
-        .unwrap_or_default()
-        .to_owned()
 }
 
 fn ok() -> Reply {
@@ -340,78 +322,6 @@ async fn a_queued_write_is_answered_202_while_the_service_sleeps_then_delivered_
     }
 }
 
-/// What the requesters of a load were told, by `OrderRef`.
-#[derive(Default)]
-struct Told {
-    accepted: HashSet<String>,
-    refused: HashSet<String>,
-    failed: HashSet<String>,
-}
-
-/// `total` orders from `requesters` concurrent requesters, each its own
-/// sequence; `on_accept` sees the running count of 202s.
-async fn load(
-    proxy_url: String,
-    total: usize,
-    requesters: usize,
-    on_accept: impl Fn(usize) + Send + Sync + 'static,
-) -> Told {
-    let told = Arc::new(Mutex::new(Told::default()));
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let on_accept = Arc::new(on_accept);
-    let mut tasks = Vec::new();
-    for r in 0..requesters {
-        let (told, accepted, on_accept, url) = (
-            told.clone(),
-            accepted.clone(),
-            on_accept.clone(),
-            proxy_url.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let http = Http::default();
-            for n in (r..total).step_by(requesters) {
-                let reference = format!("R-{n}");
-                let answer = http
-                    .try_send(
-                        "POST",
-                        &url,
-                        &[("content-type", "text/xml; charset=utf-8")],
-                        order(&format!("C-{r}"), &reference),
-                        Duration::from_secs(10),
-                    )
-                    .await;
-                let mut told = told.lock().unwrap();
-                match answer {
-                    Ok(a) if a.status == 202 => {
-                        told.accepted.insert(reference);
-                        drop(told);
-                        on_accept(accepted.fetch_add(1, Ordering::SeqCst) + 1);
-                    }
-                    Ok(_) => {
-                        told.refused.insert(reference);
-                    }
-                    Err(_) => {
-                        told.failed.insert(reference);
-                    }
-                }
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    Arc::try_unwrap(told).ok().unwrap().into_inner().unwrap()
-}
-
-/// Deliveries per `OrderRef`.
-fn delivered(upstream: &Upstream) -> HashMap<String, usize> {
-    let mut counts = HashMap::new();
-    for seen in upstream.seen() {
-        *counts.entry(reference_of(&seen)).or_insert(0) += 1;
-    }
-    counts
-}
-
 async fn nothing_answered_202_is_lost_when_soapcache_is_killed_while_accepting(backend: Backend) {
     let service = free_addr();
     let Some(mut setup) = serve_on(
@@ -428,7 +338,7 @@ async fn nothing_answered_202_is_lost_when_soapcache_is_killed_while_accepting(b
     let armed = Arc::new(Mutex::new(Some(ArmedSignal::new("KILL"))));
     let pid = setup.proxy.pid();
     let trigger = armed.clone();
-    let told = load(url, 1000, 16, move |accepted| {
+    let told = send_orders(vec![url], 0, 1000, 16, order, move |accepted| {
         if accepted == 400 {
             if let Some(signal) = trigger.lock().unwrap().take() {
                 signal.fire(pid);
@@ -512,7 +422,7 @@ async fn nothing_answered_202_is_lost_when_soapcache_is_killed_while_delivering(
     ) else {
         return;
     };
-    let told = load(setup.proxy.url("/orders"), 600, 16, |_| {}).await;
+    let told = send_orders(vec![setup.proxy.url("/orders")], 0, 600, 16, order, |_| {}).await;
     assert_eq!(
         told.accepted.len(),
         600,
@@ -602,7 +512,7 @@ async fn a_failing_service_is_retried_with_doubling_backoff_until_it_answers(bac
 
 async fn a_client_fault_or_a_4xx_is_dead_lettered_at_once(backend: Backend) {
     let upstream = Upstream::start(|s| {
-        if reference_of(s) == "FAULT" {
+        if field(s, "OrderRef") == "FAULT" {
             fault("Client", 500)
         } else {
             Reply::xml(404, "no such thing")
@@ -708,10 +618,10 @@ async fn messages_of_one_order_by_value_arrive_in_acceptance_order_and_others_ov
     let counter = in_service.clone();
     let rng = Mutex::new(Rng::new(Rng::seed_from_env("SOAPCACHE_ORDER_SEED")));
     let upstream = Upstream::start(move |s| {
-        let reference: usize = reference_of(s).parse().unwrap();
+        let reference: usize = field(s, "OrderRef").parse().unwrap();
         l.lock()
             .unwrap()
-            .push((customer_of(s), reference, Instant::now()));
+            .push((field(s, "CustomerId"), reference, Instant::now()));
         // Requests overlap when one arrives before the one before ends.
         let now_in = counter.fetch_add(1, Ordering::SeqCst) + 1;
         most_seen.fetch_max(now_in, Ordering::SeqCst);
@@ -842,7 +752,7 @@ async fn dead_letters_can_be_listed_read_retried_and_deleted(backend: Backend) {
     assert!(drained(&http, &setup.proxy, Duration::from_secs(10)).await);
     assert_eq!(dead_letters(&http, &setup.proxy).await.len(), 3);
     let last = upstream.seen().pop().unwrap();
-    assert_eq!(reference_of(&last), "D-0");
+    assert_eq!(field(&last, "OrderRef"), "D-0");
     assert_eq!(header_values(&last.headers, "x-delivery-attempt"), ["1"]);
 
     // Delete one; then retry the rest at once.
@@ -860,7 +770,12 @@ async fn dead_letters_can_be_listed_read_retried_and_deleted(backend: Backend) {
     assert_eq!(all["retried"], 2);
     assert!(drained(&http, &setup.proxy, Duration::from_secs(10)).await);
     assert!(dead_letters(&http, &setup.proxy).await.is_empty());
-    let refs: HashSet<String> = upstream.seen().iter().skip(4).map(reference_of).collect();
+    let refs: HashSet<String> = upstream
+        .seen()
+        .iter()
+        .skip(4)
+        .map(|s| field(s, "OrderRef"))
+        .collect();
     assert_eq!(
         refs,
         ["D-0", "D-2", "D-3"]
@@ -1001,7 +916,7 @@ async fn sigterm_with_messages_waiting_exits_0_and_the_next_start_delivers_them(
     let Some(mut setup) = serve_on(backend, "sigterm", service, "", &[]) else {
         return;
     };
-    let told = load(setup.proxy.url("/orders"), 500, 8, |_| {}).await;
+    let told = send_orders(vec![setup.proxy.url("/orders")], 0, 500, 8, order, |_| {}).await;
     assert_eq!(told.accepted.len(), 500);
     let started = Instant::now();
     setup.proxy.signal("TERM");
@@ -1036,7 +951,15 @@ async fn sigterm_during_a_backlog_stops_delivering_and_the_next_start_delivers_t
     let Some(mut setup) = serve_on(backend, "sigterm-backlog", service, backoff, &flags) else {
         return;
     };
-    let told = load(setup.proxy.url("/orders"), TOTAL, 16, |_| {}).await;
+    let told = send_orders(
+        vec![setup.proxy.url("/orders")],
+        0,
+        TOTAL,
+        16,
+        order,
+        |_| {},
+    )
+    .await;
     assert_eq!(
         told.accepted.len(),
         TOTAL,

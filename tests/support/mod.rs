@@ -4,6 +4,7 @@
 //! servers in [`servers`].
 #![allow(dead_code)]
 
+pub mod orders;
 pub mod servers;
 
 use std::collections::HashMap;
