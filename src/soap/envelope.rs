@@ -139,12 +139,8 @@ fn scan(body: &[u8], head_only: bool) -> Result<Scanned<'_>, EnvelopeError> {
     let body = &body[bom..];
     let mut reader = quick_xml::Reader::from_reader(body);
     reader.config_mut().check_end_names = true;
-    // Names are resolved outside the operation's content only: nothing in
-    // the content is looked up by name here, and the bindings it declares
-    // go out of scope before anything that is. Its prefixes are checked
-    // with the rest of its well-formedness: by the proof, or when that
-    // does not hold by `check_well_formed`. Resolving every element's name (quick-xml's
-    // `NsReader`) was about a fifth of the scan's instructions.
+    // Names are resolved outside the operation's content only (see
+    // `in_content`).
     let mut resolver = NamespaceResolver::default();
 
     let mut version: Option<SoapVersion> = None;
@@ -220,7 +216,7 @@ fn scan(body: &[u8], head_only: bool) -> Result<Scanned<'_>, EnvelopeError> {
                         format!("XML nesting deeper than {MAX_DEPTH} elements"),
                     ));
                 }
-                let in_content = in_body && depth > 3;
+                let in_content = in_content(in_body, depth);
                 let ns = if in_content {
                     None
                 } else {
@@ -313,7 +309,7 @@ fn scan(body: &[u8], head_only: bool) -> Result<Scanned<'_>, EnvelopeError> {
                 }
             }
             Event::End(_) => {
-                if !(in_body && depth > 3) {
+                if !in_content(in_body, depth) {
                     resolver.pop();
                 }
                 if in_header && depth >= 3 {
@@ -431,28 +427,38 @@ fn check_well_formed(
     if proven {
         return Ok(());
     }
-    names_resolve(document).map_err(&malformed)?;
+    names_resolve(document, version)?;
     roxmltree::Document::parse(text).map_err(|e| malformed(e.to_string()))?;
     Ok(())
 }
 
+/// Whether an element at `depth` is inside the operation's content. The
+/// scan looks up no name there, and the bindings declared there go out of
+/// scope before any name it looks up, so it neither resolves those names
+/// nor pushes those bindings: resolving every element (quick-xml's
+/// `NsReader`) was about a fifth of the scan's instructions. Prefixes there
+/// are checked with the rest of the content's well-formedness: by the
+/// proof, or when that does not hold by `check_well_formed`.
+fn in_content(in_body: bool, depth: usize) -> bool {
+    in_body && depth > 3
+}
+
 /// Every element name's prefix is bound, and no binding is one Namespaces
-/// in XML forbids. The scan resolves no name inside the operation, and the
-/// proof checks them all when it holds; roxmltree lets one thing through
-/// that quick-xml's resolution refuses (a prefix "undeclared" by
-/// `xmlns:p=""`, XML 1.1 only, and then used), and this reading, first,
-/// gives namespace errors the words the scan gives them elsewhere.
-fn names_resolve(document: &[u8]) -> Result<(), String> {
+/// in XML forbids, read with the scan's own words for namespace errors.
+/// The proof checks all of it when it holds; roxmltree lets one thing
+/// through that quick-xml's resolution refuses: a prefix "undeclared" by
+/// `xmlns:p=""` (XML 1.1 only) and then used.
+fn names_resolve(document: &[u8], version: SoapVersion) -> Result<(), EnvelopeError> {
+    let version = Some(version);
     let mut reader = quick_xml::NsReader::from_reader(document);
     loop {
         match reader.read_resolved_event() {
-            Ok((ResolveResult::Unknown(prefix), Event::Start(_) | Event::Empty(_))) => {
-                let prefix = String::from_utf8_lossy(&prefix);
-                return Err(format!("undeclared namespace prefix '{prefix}'"));
+            Ok((resolved, Event::Start(_) | Event::Empty(_))) => {
+                namespace_of(resolved, version)?;
             }
             Ok((_, Event::Eof)) => return Ok(()),
             Ok(_) => {}
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(EnvelopeError::new(version, format!("malformed XML: {e}"))),
         }
     }
 }
